@@ -1,0 +1,97 @@
+"""Weight files: our ``.safetensors`` with a JSON metadata header, and the official torch-pickle checkpoint.
+
+Shared by the refiner and the PSPNet segmenter so both load weights the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+FORMAT_KEY = "format"
+
+
+def save_weights(state_dict: Mapping[str, Tensor], path: str | os.PathLike, *, model_format: str,
+                 config: Mapping[str, Any], metadata: Mapping[str, Any] | None = None, half: bool = False) -> Path:
+    """Write a state dict as safetensors, with ``config`` (architecture) and free metadata in the header.
+
+    ``half=True`` stores floating tensors as fp16 (BN running stats included) to halve the file size.
+    The write goes to a temporary file first and is renamed into place.
+    """
+    path = Path(path)
+    tensors = {}
+    for key, value in state_dict.items():
+        value = value.detach().cpu()
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value.contiguous()
+    header = {FORMAT_KEY: model_format, "config": json.dumps(dict(config), sort_keys=True),
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    for key, value in (metadata or {}).items():
+        header[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string header of a safetensors file (``config`` is JSON text)."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_weights(path: str | os.PathLike, *, expected_format: str | None = None,
+                 dtype: torch.dtype = torch.float32) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, str]]:
+    """Read a safetensors weight file: returns ``(state_dict, config_dict, metadata)``.
+
+    Floating tensors are cast to ``dtype`` (files may be stored in fp16).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    meta = read_metadata(path)
+    fmt = meta.get(FORMAT_KEY)
+    if expected_format is not None and fmt != expected_format:
+        raise ValueError(f"{path}: weights are for {fmt!r}, expected {expected_format!r}")
+    if "config" not in meta:
+        raise ValueError(f"{path}: no 'config' entry in the safetensors metadata")
+    state = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            t = f.get_tensor(key)
+            state[key] = t.to(dtype) if t.is_floating_point() else t
+    return state, json.loads(meta["config"]), meta
+
+
+def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Load an official-style torch checkpoint (plain state dict, possibly wrapped by DataParallel).
+
+    Uses ``weights_only=True`` so a checkpoint cannot run code; strips a ``module.`` prefix only where present.
+    """
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_state_tolerant(model: torch.nn.Module, state: Mapping[str, Tensor]) -> None:
+    """``load_state_dict(strict=True)`` that also accepts checkpoints lacking BN ``num_batches_tracked``."""
+    own = model.state_dict()
+    state = dict(state)
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = own[key]
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,99 @@
+"""Architecture configuration of the refinement module: one object holds every width choice."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKBONE_BLOCKS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+
+
+@dataclass(frozen=True)
+class RMConfig:
+    """Widths of a refinement module.
+
+    The defaults are the official CascadePSP network (ResNet-50, 67,683,433 parameters); the
+    narrower presets in :data:`PRESETS` keep the same topology with fewer channels.
+    """
+
+    backbone: str = "resnet50"
+    psp_sizes: tuple[int, ...] = (1, 2, 3, 6)
+    psp_out: int = 1024  # channels after the PSP bottleneck (OS8)
+    up_channels: tuple[int, int, int] = (512, 256, 32)  # outputs of up_1 (OS4), up_2 (OS2), up_3 (OS1)
+    head_hidden: int = 32  # hidden width of final_28 / final_56 / final_11
+    in_channels: int = 6  # RGB + three mask channels
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONE_BLOCKS:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONE_BLOCKS)}, got {self.backbone!r}")
+
+    @property
+    def block_type(self) -> str:
+        return BACKBONE_BLOCKS[self.backbone][0]
+
+    @property
+    def layers(self) -> tuple[int, int, int, int]:
+        return BACKBONE_BLOCKS[self.backbone][1]
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.block_type == "bottleneck" else 1
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the layer4 (OS8) features fed to the PSP module."""
+        return 512 * self.expansion
+
+    @property
+    def skip_channels(self) -> int:
+        """Channels of the layer1 (OS4) skip feature."""
+        return 64 * self.expansion
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RMConfig:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown RMConfig fields: {sorted(unknown)}")
+        kw = dict(d)
+        for key in ("psp_sizes", "up_channels"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, text: str) -> RMConfig:
+        return cls.from_dict(json.loads(text))
+
+
+PRESETS: dict[str, RMConfig] = {
+    # The official network, loadable from the released checkpoint.
+    "resnet50": RMConfig(),
+    # Small networks we train from scratch and ship (about 14.0 M and 24.1 M parameters).
+    "resnet18": RMConfig(backbone="resnet18", psp_out=256, up_channels=(128, 64, 32)),
+    "resnet34": RMConfig(backbone="resnet34", psp_out=256, up_channels=(128, 64, 32)),
+}
+
+
+def get_config(name_or_config: str | RMConfig) -> RMConfig:
+    """Resolve a preset name (``"resnet50"``, ``"resnet18"``, ``"resnet34"``) or pass a config through."""
+    if isinstance(name_or_config, RMConfig):
+        return name_or_config
+    if name_or_config not in PRESETS:
+        raise ValueError(f"unknown model preset {name_or_config!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name_or_config]

@@ -1,0 +1,173 @@
+"""Reference inference: numerically the same pipeline as the original ``segmentation-refinement`` package.
+
+Global step over the image resized so its long side is ``L``; then a local step over ``L``x``L`` windows
+at full resolution, refining only windows that contain a boundary. Everything works on normalised
+tensors; the image/mask conversion lives in :mod:`cascadepsp.inputs` and :mod:`cascadepsp.refiner`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WINDOW_PADDING = 16  # pixels trimmed from each inner side of a refined window
+LOW_FG, HIGH_FG = 0.1, 0.9  # windows whose foreground share is outside [LOW_FG, HIGH_FG] are skipped
+
+
+def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """HxWx3 uint8 RGB -> 1x3xHxW float, ImageNet-normalised (as ToTensor + Normalize)."""
+    t = torch.from_numpy(image).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=t.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=t.device).view(1, 3, 1, 1)
+    return (t - mean) / std
+
+
+def mask_to_tensor(mask: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """HxW bool -> 1x1xHxW float in {-1, +1}."""
+    return torch.from_numpy(mask).to(device).float().mul_(2.0).sub_(1.0)[None, None]
+
+
+def resize_max_side(x: Tensor, side: int, mode: str) -> Tensor:
+    """Rescale so the long side becomes ``side`` (by scale factor, so it may land a pixel short, as the original)."""
+    ratio = side / max(x.shape[-2:])
+    if mode in ("bilinear", "bicubic"):
+        return F.interpolate(x, scale_factor=ratio, mode=mode, align_corners=False)
+    return F.interpolate(x, scale_factor=ratio, mode=mode)
+
+
+def pad_to_multiple_of_8(x: Tensor, value: float) -> Tensor:
+    """Pad bottom/right to the next multiple of 8 (only when needed), as the original ``safe_forward``."""
+    h, w = x.shape[-2:]
+    if h % 8 == 0 and w % 8 == 0:
+        return x
+    # The original always pads both sides to the *next* multiple of 8 once either side needs it.
+    nh, nw = (h // 8 + 1) * 8, (w // 8 + 1) * 8
+    return F.pad(x, (0, nw - w, 0, nh - h), value=value)
+
+
+def safe_forward(model: nn.Module, im: Tensor, seg: Tensor, inter_s8: Tensor | None = None,
+                 inter_s4: Tensor | None = None, keys: tuple[str, ...] = ("pred_224", "pred_28_3", "pred_56_2"),
+                 ) -> dict[str, Tensor]:
+    """Run the model on any size: pad image with 0 and masks with -1 to a multiple of 8, crop outputs back."""
+    h, w = im.shape[-2:]
+    im = pad_to_multiple_of_8(im, 0.0)
+    seg = pad_to_multiple_of_8(seg, -1.0)
+    inter_s8 = None if inter_s8 is None else pad_to_multiple_of_8(inter_s8, -1.0)
+    inter_s4 = None if inter_s4 is None else pad_to_multiple_of_8(inter_s4, -1.0)
+    out = model(im, seg, inter_s8, inter_s4)
+    return {k: out[k][..., :h, :w] for k in keys}
+
+
+def global_inputs(im: Tensor, seg: Tensor, L: int) -> tuple[Tensor, Tensor]:
+    """Resize image and mask so the long side is ``L``: area down, bicubic (image) / bilinear (mask) up."""
+    side = max(im.shape[-2:])
+    if side > L:
+        return resize_max_side(im, L, "area"), resize_max_side(seg, L, "area")
+    if side < L:
+        return resize_max_side(im, L, "bicubic"), resize_max_side(seg, L, "bilinear")
+    return im, seg
+
+
+def refine_single_pass(model: nn.Module, im: Tensor, seg: Tensor, L: int = 900) -> Tensor:
+    """``fast=True``: one cascade pass at long side ``L``; returns 1x1xHxW probabilities at input size."""
+    h, w = im.shape[-2:]
+    small_im, small_seg = global_inputs(im, seg, L)
+    pred = safe_forward(model, small_im, small_seg, keys=("pred_224",))["pred_224"]
+    if max(h, w) < L:
+        return F.interpolate(pred, size=(h, w), mode="area")
+    if max(h, w) > L:
+        return F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=True)
+    return pred
+
+
+@dataclass(frozen=True)
+class Window:
+    """One local-step window: ``[y0:y1, x0:x1]`` of the image; ``trim`` gives the region kept after trimming."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    def kept(self, h: int, w: int, pad: int = WINDOW_PADDING) -> tuple[slice, slice, slice, slice]:
+        """Image slices and window slices of the part kept after trimming ``pad`` on inner sides."""
+        ty0 = pad if self.y0 != 0 else 0
+        tx0 = pad if self.x0 != 0 else 0
+        ty1 = pad if self.y1 != h else 0
+        tx1 = pad if self.x1 != w else 0
+        wh, ww = self.y1 - self.y0, self.x1 - self.x0
+        return (slice(self.y0 + ty0, self.y1 - ty1), slice(self.x0 + tx0, self.x1 - tx1),
+                slice(ty0, wh - ty1), slice(tx0, ww - tx1))
+
+
+def window_grid(h: int, w: int, L: int = 900, pad: int = WINDOW_PADDING) -> list[Window]:
+    """The original's window layout: LxL windows every ``L//2 - 2*pad`` px, shifted inside the border, deduplicated.
+
+    Windows are listed column by column (x outer, y inner), the order the original visits them.
+    """
+    step = L // 2 - 2 * pad
+    if step <= 0:
+        raise ValueError(f"L: must be greater than {4 * pad}, got {L}")
+    seen: set[tuple[int, int]] = set()
+    windows = []
+    for xi in range(w // step + 1):
+        for yi in range(h // step + 1):
+            x0, y0 = xi * step, yi * step
+            x1, y1 = x0 + L, y0 + L
+            if y1 > h:
+                y1, y0 = h, h - L
+            if x1 > w:
+                x1, x0 = w, w - L
+            x0, y0 = max(0, x0), max(0, y0)
+            if (y0, x0) in seen:
+                continue
+            seen.add((y0, x0))
+            windows.append(Window(y0, y1, x0, x1))
+    return windows
+
+
+def needs_refinement(fg_share: float) -> bool:
+    """A window is refined only when its foreground share is within [0.1, 0.9] (i.e. it holds a boundary)."""
+    return not (fg_share > HIGH_FG or fg_share < LOW_FG)
+
+
+def global_step(model: nn.Module, im: Tensor, seg: Tensor, L: int) -> tuple[Tensor, Tensor]:
+    """Global pass at long side ``L``; returns (binary OS1 result in {-1,1}, soft OS4 result in [-1,1]) at full size."""
+    h, w = im.shape[-2:]
+    small_im, small_seg = global_inputs(im, seg, L)
+    out = safe_forward(model, small_im, small_seg, keys=("pred_224", "pred_56_2"))
+    binary = (F.interpolate(out["pred_224"], size=(h, w), mode="bilinear", align_corners=False) > 0.5).float() * 2 - 1
+    soft4 = F.interpolate(out["pred_56_2"], size=(h, w), mode="bilinear", align_corners=False) * 2 - 1
+    return binary, soft4
+
+
+def iter_windows_to_refine(binary: Tensor, L: int) -> Iterator[Window]:
+    """Windows of the grid that contain a boundary of the binarised global result."""
+    h, w = binary.shape[-2:]
+    for win in window_grid(h, w, L):
+        share = (binary[..., win.y0:win.y1, win.x0:win.x1] > 0).float().mean().item()
+        if needs_refinement(share):
+            yield win
+
+
+def refine_reference(model: nn.Module, im: Tensor, seg: Tensor, L: int = 900) -> Tensor:
+    """Full global + local refinement, one window at a time in fp32 (the faithful path)."""
+    h, w = im.shape[-2:]
+    binary, soft4 = global_step(model, im, seg, L)
+    total = torch.zeros_like(binary)
+    count = torch.zeros_like(binary)
+    for win in iter_windows_to_refine(binary, L):
+        crop = (..., slice(win.y0, win.y1), slice(win.x0, win.x1))
+        pred = safe_forward(model, im[crop], binary[crop], soft4[crop], keys=("pred_224",))["pred_224"]
+        iy, ix, py, px = win.kept(h, w)
+        total[..., iy, ix] += pred[..., py, px]
+        count[..., iy, ix] += 1
+    result = torch.where(count == 0, binary / 2 + 0.5, total / count.clamp_min(1))
+    return result

@@ -1,0 +1,135 @@
+"""Turn user inputs (numpy, PIL, torch) into validated arrays: an HxWx3 uint8 RGB image and an HxW bool mask.
+
+Every rejection is a ``ValueError`` whose message names the argument and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+try:  # Pillow is a dependency, but keep the import local to this module's job.
+    from PIL import Image as _PILImage
+except ImportError:  # pragma: no cover
+    _PILImage = None
+
+
+def _is_pil(obj: Any) -> bool:
+    return _PILImage is not None and isinstance(obj, _PILImage.Image)
+
+
+def _torch_to_numpy_image(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.ndim == 4:
+        if t.shape[0] != 1:
+            raise ValueError(f"image: expected a single image, got a batch of {t.shape[0]} (shape {tuple(t.shape)})")
+        t = t[0]
+    if t.ndim == 3 and t.shape[0] in (1, 3) and t.shape[-1] not in (1, 3):
+        t = t.permute(1, 2, 0)  # CHW -> HWC
+    return t.numpy()
+
+
+def to_rgb_uint8(image: Any, bgr: bool = False) -> np.ndarray:
+    """Validate ``image`` and return it as a contiguous HxWx3 uint8 RGB array.
+
+    Accepts numpy HxWx3 / HxW (grayscale) arrays in uint8, uint16, or float in [0, 1]; PIL images;
+    torch tensors (3xHxW, 1x3xHxW or HxWx3; uint8 or float in [0, 1]). ``bgr=True`` flips channel
+    order for arrays read with OpenCV.
+    """
+    if _is_pil(image):
+        arr = np.asarray(image.convert("RGB"))
+        bgr = False
+    elif isinstance(image, torch.Tensor):
+        arr = _torch_to_numpy_image(image)
+    elif isinstance(image, np.ndarray):
+        arr = image
+    else:
+        raise ValueError(f"image: expected a numpy array, PIL image or torch tensor, got {type(image).__name__}")
+
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+        bgr = False
+    if arr.ndim != 3:
+        raise ValueError(f"image: expected shape HxWx3 (or HxW grayscale), got {arr.shape}")
+    if arr.shape[2] != 3:
+        hint = " (drop the alpha channel first)" if arr.shape[2] == 4 else ""
+        raise ValueError(f"image: expected 3 colour channels, got {arr.shape[2]}{hint}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"image: empty image of shape {arr.shape}")
+
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = (arr.astype(np.uint32) * 255 + 32767) // 65535
+    elif arr.dtype == np.bool_:
+        raise ValueError("image: got a boolean array; did you swap image and mask?")
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError("image: contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"image: float images must lie in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
+        out = np.rint(arr * 255.0)
+    else:
+        raise ValueError(f"image: unsupported dtype {arr.dtype}; expected uint8, uint16 or float in [0, 1]")
+    out = out.astype(np.uint8, copy=False)
+    if bgr:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def _torch_to_numpy_mask(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    while t.ndim > 2 and t.shape[0] == 1:
+        t = t[0]
+    return t.numpy()
+
+
+def to_binary_mask(mask: Any) -> np.ndarray:
+    """Validate ``mask`` and return an HxW bool foreground array.
+
+    Accepts bool, {0, 1} integers, 0-255 integers (foreground is >= 128, as the original's ``> 127``),
+    and floats in [0, 1] (foreground is >= 0.5); shapes HxW, HxWx1, 1xHxW, 1x1xHxW; PIL mode 1/L/P/I images.
+    """
+    if _is_pil(mask):
+        arr = np.asarray(mask.convert("L") if mask.mode in ("RGB", "RGBA", "LA") else mask)
+    elif isinstance(mask, torch.Tensor):
+        arr = _torch_to_numpy_mask(mask)
+    elif isinstance(mask, np.ndarray):
+        arr = mask
+    else:
+        raise ValueError(f"mask: expected a numpy array, PIL image or torch tensor, got {type(mask).__name__}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    elif arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"mask: expected shape HxW (single channel), got {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"mask: empty mask of shape {arr.shape}")
+
+    if arr.dtype == np.bool_:
+        return arr.copy()
+    if np.issubdtype(arr.dtype, np.floating):
+        if np.isnan(arr).any():
+            raise ValueError("mask: contains NaN values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"mask: float masks must lie in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
+        return arr >= 0.5
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"mask: integer masks must hold 0/1 or 0-255 values, got range [{lo}, {hi}]")
+        return arr > 0 if hi <= 1 else arr >= 128
+    raise ValueError(f"mask: unsupported dtype {arr.dtype}")
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray) -> None:
+    if image.shape[:2] != mask.shape[:2]:
+        raise ValueError(f"mask: size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match image size "
+                         f"{image.shape[1]}x{image.shape[0]}")

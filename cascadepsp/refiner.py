@@ -1,0 +1,107 @@
+"""Public API: the :class:`Refiner` class and the module-level :func:`refine` shortcut."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import inference
+from .inputs import check_same_size, to_binary_mask, to_rgb_uint8
+from .weights import create_model, load_model, resolve_device
+
+WeightsArg = str | os.PathLike | nn.Module | None
+
+
+def _resolve_model(weights: WeightsArg) -> nn.Module:
+    if isinstance(weights, nn.Module):
+        return weights
+    if weights == "random":  # explicit opt-in, for tests and benchmarks only
+        return create_model("resnet50")
+    return load_model(weights)
+
+
+def _check_L(L: int) -> int:
+    smallest = 4 * inference.WINDOW_PADDING + 8  # the local-step stride L//2 - 2*16 must stay positive
+    if not isinstance(L, (int, np.integer)) or isinstance(L, bool) or L < smallest:
+        raise ValueError(f"L: expected an integer >= {smallest}, got {L!r}")
+    return int(L)
+
+
+def _check_threshold(threshold: float | None) -> float | None:
+    if threshold is None:
+        return None
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold: expected a value in [0, 1] or None, got {threshold!r}")
+    return float(threshold)
+
+
+class Refiner:
+    """Refines coarse masks with a CascadePSP refinement module.
+
+    ``weights``: ``None``/``"default"`` (bundled), ``"official"`` (original checkpoint in its default
+    location), a path (``.safetensors`` of ours or the official torch file), ``"random"`` (untrained,
+    for tests), or an ``nn.Module``. ``device=None`` picks CUDA when available.
+    """
+
+    def __init__(self, device: str | torch.device | None = None, weights: WeightsArg = None) -> None:
+        self.device = resolve_device(device)
+        self.model = _resolve_model(weights).to(self.device).eval()
+
+    @torch.inference_mode()
+    def refine_probability(self, image: Any, mask: Any, fast: bool = False, L: int = 900, bgr: bool = False
+                           ) -> np.ndarray:
+        """Like :meth:`refine` but returns float32 foreground probabilities in [0, 1]."""
+        rgb = to_rgb_uint8(image, bgr=bgr)
+        fg = to_binary_mask(mask)
+        check_same_size(rgb, fg)
+        L = _check_L(L)
+        if not fg.any():  # nothing to refine: an empty mask stays empty
+            return np.zeros(fg.shape, np.float32)
+        if fg.all():
+            return np.ones(fg.shape, np.float32)
+        im = inference.image_to_tensor(rgb, self.device)
+        seg = inference.mask_to_tensor(fg, self.device)
+        if fast:
+            prob = inference.refine_single_pass(self.model, im, seg, L)
+        else:
+            prob = inference.refine_reference(self.model, im, seg, L)
+        return prob[0, 0].float().cpu().numpy()
+
+    def refine(self, image: Any, mask: Any, fast: bool = False, L: int = 900, threshold: float | None = None,
+               bgr: bool = False) -> np.ndarray:
+        """Refine ``mask`` for ``image``; returns an HxW uint8 mask at the input size.
+
+        Soft 0-255 output by default (the original's truncating ``* 255``); with ``threshold`` (in [0, 1])
+        a binary 0/255 mask. ``fast=True`` runs the global step only. ``L`` is the global-step long side
+        and the local window size. ``bgr=True`` for images read with OpenCV.
+        """
+        threshold = _check_threshold(threshold)
+        prob = self.refine_probability(image, mask, fast=fast, L=L, bgr=bgr)
+        if threshold is not None:
+            return np.where(prob >= threshold, 255, 0).astype(np.uint8)
+        return (prob * 255).astype(np.uint8)
+
+
+_DEFAULT: dict[tuple[str, str], Refiner] = {}
+_LOCK = threading.Lock()
+
+
+def get_default_refiner(device: str | torch.device | None = None) -> Refiner:
+    """The cached Refiner with bundled weights for ``device`` (built on first use)."""
+    dev = resolve_device(device)
+    key = (str(dev), "default")
+    with _LOCK:
+        if key not in _DEFAULT:
+            _DEFAULT[key] = Refiner(device=dev)
+        return _DEFAULT[key]
+
+
+def refine(image: Any, mask: Any, fast: bool = False, L: int = 900, threshold: float | None = None,
+           bgr: bool = False, device: str | torch.device | None = None) -> np.ndarray:
+    """Refine a coarse mask with the bundled default weights (a cached :class:`Refiner`)."""
+    return get_default_refiner(device).refine(image, mask, fast=fast, L=L, threshold=threshold, bgr=bgr)
