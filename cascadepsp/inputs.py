@@ -79,7 +79,8 @@ def to_rgb_uint8(image: Any, bgr: bool = False) -> np.ndarray:
     out = out.astype(np.uint8, copy=False)
     if bgr:
         out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
+    out = np.ascontiguousarray(out)
+    return out if out.flags.writeable else out.copy()  # PIL hands out read-only buffers
 
 
 def _torch_to_numpy_mask(t: torch.Tensor) -> np.ndarray:

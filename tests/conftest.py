@@ -1,0 +1,36 @@
+"""Shared fixtures: small models and generated images (no ../shared needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cascadepsp
+
+
+@pytest.fixture(scope="session")
+def small_model() -> cascadepsp.RefinementModule:
+    """A randomly initialised ResNet-18 refiner (fast on CPU)."""
+    torch.manual_seed(0)
+    return cascadepsp.create_model("resnet18")
+
+
+@pytest.fixture(scope="session")
+def small_refiner(small_model) -> cascadepsp.Refiner:
+    return cascadepsp.Refiner(device="cpu", weights=small_model)
+
+
+def make_scene(h: int = 96, w: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image with a textured ellipse object and its binary mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = ((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 <= 1
+    image = rng.integers(0, 80, size=(h, w, 3), dtype=np.uint8)
+    image[mask] = rng.integers(150, 255, size=(int(mask.sum()), 3), dtype=np.uint8)
+    return image, mask
+
+
+@pytest.fixture
+def scene() -> tuple[np.ndarray, np.ndarray]:
+    return make_scene()
