@@ -1,0 +1,170 @@
+"""The ``cascadepsp`` command: ``refine`` a folder, ``info``, ``download-official``, ``convert-official``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from . import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("cascadepsp")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascadepsp", description="CascadePSP mask refinement.")
+    parser.add_argument("--version", action="version", version=f"cascadepsp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("refine", help="refine every mask in a folder",
+                       description="Refine coarse masks. INPUT alone: one folder in the original layout "
+                                   "(<name>_im.jpg|png + <name>_seg.png [+ <name>_gt.png]); INPUT MASKS: an image "
+                                   "folder and a mask folder matched by relative path and file stem (recursive).")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="INPUT, or IMAGES MASKS")
+    r.add_argument("--out", required=True, help="output folder (must be outside every input folder)")
+    r.add_argument("--gt", help="ground-truth folder matched like the masks (adds IoU / mBA to the report)")
+    r.add_argument("--fast", action="store_true", help="global step only (faster, less detail)")
+    r.add_argument("--L", type=int, default=900, help="global-step long side and local window size (default 900)")
+    r.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)")
+    r.add_argument("--weights", default="default",
+                   help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
+    r.add_argument("--threshold", type=_threshold, nargs="?", const=0.5, default=None, metavar="T",
+                   help="write binary 0/255 masks (probability >= T, default 0.5) instead of soft 0-255 masks")
+    r.add_argument("--labels", action="store_true",
+                   help="masks are label maps: refine each id separately and write a label map back")
+    r.add_argument("--overlay", action="store_true",
+                   help="also write <name>_overlay.jpg: image | coarse | refined, side by side")
+    r.add_argument("--report", help="write a per-image report: a .csv or .json path")
+    r.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip images whose outputs already exist and decode (default: on)")
+    r.add_argument("--limit", type=_positive, help="process only the first N images (sorted by name)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    r.add_argument("-v", "--verbose", action="store_true", help="also log informational messages")
+
+    i = sub.add_parser("info", help="show the version, named weights and devices")
+    i.set_defaults(progress=False)
+
+    d = sub.add_parser("download-official", help="download the original CascadePSP checkpoint (259 MB)")
+    d.add_argument("--dest", help="where to save it (default: $CASCADEPSP_HOME/official/model)")
+    d.add_argument("--force", action="store_true", help="download even when a valid copy exists")
+
+    c = sub.add_parser("convert-official", help="convert the official checkpoint to .safetensors")
+    c.add_argument("src", help="official torch checkpoint")
+    c.add_argument("dst", help="output .safetensors path")
+    c.add_argument("--half", action="store_true", help="store float16 weights")
+    return parser
+
+
+def _cmd_refine(args: argparse.Namespace) -> int:
+    from .folder import refine_folder
+
+    _setup_logging(args.verbose)
+    seen: list[str] = []
+    try:
+        summary = refine_folder(
+            args.inputs, args.out, device=args.device, weights=args.weights, gt=args.gt, fast=args.fast,
+            L=args.L, threshold=args.threshold, labels=args.labels, overlay=args.overlay, resume=args.resume,
+            limit=args.limit, report=args.report, progress=args.progress, on_row=lambda r: seen.append(r.status))
+    except KeyboardInterrupt:
+        print(f"interrupted after {len(seen)} images: done {seen.count('done')}, skipped {seen.count('skipped')}, "
+              f"failed {seen.count('failed')}", file=sys.stderr)
+        raise
+    print(summary.line())
+    failed = summary.failed
+    for row in failed[:50]:
+        print(f"  failed: {row.name}: {row.error}")
+    if len(failed) > 50:
+        print(f"  ... and {len(failed) - 50} more" + (f" (see {args.report})" if args.report else ""))
+    if args.report:
+        print(f"report: {args.report}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from .download import default_official_path
+    from .weights import REGISTRY, bundled_path
+
+    print(f"cascadepsp {__version__}, torch {torch.__version__}")
+    print("named weights:")
+    for name, spec in sorted(REGISTRY.items()):
+        path = default_official_path() if spec.official else bundled_path(spec.filename)
+        state = "available" if path.is_file() else "missing"
+        print(f"  {name:<9} {spec.description} [{state}: {path}]")
+    print("devices: cpu" + "".join(f", cuda:{k} ({torch.cuda.get_device_name(k)})"
+                                   for k in range(torch.cuda.device_count())))
+    print(f"default device: {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    return EXIT_OK
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .download import download_official
+
+    path = download_official(args.dest, force=args.force)
+    print(f"official checkpoint: {path}")
+    return EXIT_OK
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .weights import convert_official
+
+    path = convert_official(args.src, args.dst, half=args.half)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+COMMANDS = {"refine": _cmd_refine, "info": _cmd_info, "download-official": _cmd_download,
+            "convert-official": _cmd_convert}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cascadepsp`` command; returns the exit code (0 ok, 1 some images failed, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted; finished outputs are complete, rerun the same command to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        print(f"cascadepsp {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

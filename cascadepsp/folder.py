@@ -1,0 +1,602 @@
+"""Refine every mask in a folder, safely: pairing, resume, atomic writes, per-image failures, a report.
+
+Two input layouts: one folder in the original CascadePSP layout (``<name>_im.jpg|png`` + ``<name>_seg.png``,
+optional ``<name>_gt.png``), or an image folder plus a mask folder matched by relative path and file stem
+(recursive; sub-folders are kept in the output). Inputs are never written: the output folder may not be, or
+lie inside, an input folder, and every output path is checked again before writing.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from . import imageio
+from .labels import refine_label_map
+from .metrics import SegMetrics, boundary_accuracy, mask_iou
+from .overlay import make_overlay
+from .refiner import Refiner, _check_L
+
+LOG = logging.getLogger("cascadepsp.folder")
+MAX_LABELS = 255  # more distinct ids than this in --labels mode is almost surely a soft mask, not a label map
+_IM_RE = re.compile(r"^(?P<name>.+)_im$", re.IGNORECASE)
+_SEG_RE = re.compile(r"^(?P<name>.+)_seg$", re.IGNORECASE)
+PathLike = str | os.PathLike
+
+
+# ----------------------------------------------------------------------------------------------- pairing
+
+@dataclass
+class Pair:
+    """One unit of work: an image, its coarse mask, an optional ground truth, and where results go."""
+
+    name: str  # relative name used in logs and the report, e.g. "street/0001"
+    image: Path | None
+    mask: Path | None
+    gt: Path | None
+    output: Path
+    overlay: Path
+    problem: str | None = None  # set when pairing already failed (missing mask, ambiguous name)
+
+
+@dataclass
+class Pairing:
+    pairs: list[Pair]
+    input_dirs: list[Path]
+    orphans: list[str] = field(default_factory=list)  # masks without an image (reported, not processed)
+
+
+def _resolved(path: PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_dir(out: PathLike, input_dirs: Sequence[PathLike]) -> Path:
+    """Refuse an output folder that is an input folder or lies inside one; returns it resolved."""
+    out_r = _resolved(out)
+    if out_r.exists() and not out_r.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    for d in input_dirs:
+        d_r = _resolved(d)
+        if out_r == d_r:
+            raise ValueError(f"out: {out} is the input folder {d}; choose a separate output folder")
+        if d_r in out_r.parents:
+            raise ValueError(f"out: {out} lies inside the input folder {d}; a later recursive run would read "
+                             "the outputs as inputs. Choose a folder outside the inputs")
+    return out_r
+
+
+def _walk(root: Path, exclude: Sequence[Path]) -> Iterator[Path]:
+    """Relative paths of the non-hidden files under ``root``, sorted, skipping excluded sub-trees."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not any(_inside((here / d).resolve(), e) for e in exclude))
+        for f in sorted(filenames):
+            if not f.startswith(".") and not imageio.is_temp_file(f):
+                yield (here / f).relative_to(root)
+
+
+def _index(root: Path, exts: Sequence[str], exclude: Sequence[Path]) -> dict[tuple[str, str], list[Path]]:
+    """(relative parent, stem) -> files with one of ``exts`` (in ``exts`` order)."""
+    idx: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for rel in _walk(root, exclude):
+        if rel.suffix.lower() in exts:
+            idx[(rel.parent.as_posix(), rel.stem)].append(root / rel)
+    for files in idx.values():
+        files.sort(key=lambda p: exts.index(p.suffix.lower()))
+    return idx
+
+
+def _one(files: list[Path], what: str) -> tuple[Path | None, str | None]:
+    if not files:
+        return None, f"missing {what}"
+    if len(files) > 1:
+        return None, f"ambiguous {what}: " + ", ".join(p.name for p in files)
+    return files[0], None
+
+
+def _out_paths(out: Path, parent: str, out_stem: str, overlay_stem: str) -> tuple[Path, Path]:
+    folder = out if parent == "." else out / parent
+    return folder / f"{out_stem}.png", folder / f"{overlay_stem}_overlay.jpg"
+
+
+def _name(parent: str, stem: str) -> str:
+    return stem if parent == "." else f"{parent}/{stem}"
+
+
+def _find_gt(gt_idx: dict[tuple[str, str], list[Path]] | None, parent: str, *stems: str) -> tuple[Path | None, str | None]:
+    if gt_idx is None:
+        return None, None
+    for stem in stems:
+        if (parent, stem) in gt_idx:
+            return _one(gt_idx[(parent, stem)], "ground truth")
+    return None, None
+
+
+def pair_original_layout(root: PathLike, out: PathLike, gt: PathLike | None = None) -> Pairing:
+    """Pairs ``<name>_im.<ext>`` with ``<name>_seg.<ext>`` (and ``<name>_gt.<ext>``) in every folder under ``root``.
+
+    Outputs: ``<out>/<sub-folder>/<name>_mask.png`` (the original eval's naming) and ``<name>_overlay.jpg``.
+    """
+    root, out = _resolved(root), _resolved(out)
+    exclude = [out] + ([_resolved(gt)] if gt is not None else [])
+    images, masks, gts = defaultdict(list), defaultdict(list), defaultdict(list)
+    for rel in _walk(root, exclude):
+        ext, parent = rel.suffix.lower(), rel.parent.as_posix()
+        if (m := _IM_RE.match(rel.stem)) and ext in imageio.IMAGE_EXTS:
+            images[(parent, m.group("name"))].append(root / rel)
+        elif (m := _SEG_RE.match(rel.stem)) and ext in imageio.MASK_EXTS:
+            masks[(parent, m.group("name"))].append(root / rel)
+        elif rel.stem.lower().endswith("_gt") and ext in imageio.MASK_EXTS:
+            gts[(parent, rel.stem[:-3])].append(root / rel)
+    gt_idx = _index(_resolved(gt), imageio.MASK_EXTS, [out, root]) if gt is not None else None
+    pairs = []
+    for key in sorted(images):
+        parent, name = key
+        image, problem = _one(images[key], "image")
+        mask, mask_problem = _one(sorted(masks.get(key, []), key=lambda p: imageio.MASK_EXTS.index(
+            p.suffix.lower())), "mask")
+        gt_path, gt_problem = _find_gt(gt_idx, parent, name, f"{name}_gt") if gt is not None else \
+            _find_gt(gts, parent, name)
+        output, overlay = _out_paths(out, parent, f"{name}_mask", name)
+        pairs.append(Pair(_name(parent, name), image, mask, gt_path, output, overlay,
+                          problem or mask_problem or gt_problem))
+    orphans = [_name(*k) for k in sorted(masks) if k not in images]
+    return Pairing(pairs, [root] + ([_resolved(gt)] if gt is not None else []), orphans)
+
+
+def pair_by_stem(images: PathLike, masks: PathLike, out: PathLike, gt: PathLike | None = None) -> Pairing:
+    """Pairs ``<images>/<sub>/<stem>.<ext>`` with ``<masks>/<sub>/<stem>.<ext>`` (and the same in ``gt``).
+
+    Outputs: ``<out>/<sub>/<stem>.png`` and ``<out>/<sub>/<stem>_overlay.jpg``.
+    """
+    im_root, mask_root, out = _resolved(images), _resolved(masks), _resolved(out)
+    gt_root = _resolved(gt) if gt is not None else None
+    if im_root == mask_root:
+        raise ValueError(f"masks: {masks} is the image folder; for one folder use the original layout "
+                         "(<name>_im.jpg + <name>_seg.png) and pass only that folder")
+    others = [out, mask_root] + ([gt_root] if gt_root else [])
+    im_idx = _index(im_root, imageio.IMAGE_EXTS, others)
+    mask_idx = _index(mask_root, imageio.MASK_EXTS, [out, im_root] + ([gt_root] if gt_root else []))
+    gt_idx = _index(gt_root, imageio.MASK_EXTS, [out, im_root, mask_root]) if gt_root else None
+    pairs = []
+    for key in sorted(im_idx):
+        parent, stem = key
+        image, problem = _one(im_idx[key], "image")
+        if problem:
+            problem = "several images share this name: " + ", ".join(p.name for p in im_idx[key])
+        mask, mask_problem = _one(mask_idx.get(key, []), "mask")
+        gt_path, gt_problem = _find_gt(gt_idx, parent, stem)
+        output, overlay = _out_paths(out, parent, stem, stem)
+        pairs.append(Pair(_name(parent, stem), image, mask, gt_path, output, overlay,
+                          problem or mask_problem or gt_problem))
+    orphans = [_name(*k) for k in sorted(mask_idx) if k not in im_idx]
+    return Pairing(pairs, [im_root, mask_root] + ([gt_root] if gt_root else []), orphans)
+
+
+def find_pairs(inputs: Sequence[PathLike], out: PathLike, gt: PathLike | None = None) -> Pairing:
+    """One folder: original layout; two folders: images + masks by stem. Checks ``out`` first."""
+    if len(inputs) not in (1, 2):
+        raise ValueError(f"inputs: expected one folder (original layout) or two (images, masks), got {len(inputs)}")
+    for p in [*inputs, *([gt] if gt is not None else [])]:
+        if not Path(p).is_dir():
+            raise ValueError(f"inputs: {p} is not a folder")
+    check_output_dir(out, [*inputs, *([gt] if gt is not None else [])])
+    if len(inputs) == 1:
+        return pair_original_layout(inputs[0], out, gt)
+    return pair_by_stem(inputs[0], inputs[1], out, gt)
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+@dataclass
+class Row:
+    """One line of the report."""
+
+    name: str
+    status: str = "failed"  # done | skipped | failed
+    width: int | None = None
+    height: int | None = None
+    seconds: float | None = None
+    changed_fraction: float | None = None
+    iou_coarse: float | None = None
+    iou_refined: float | None = None
+    mba_coarse: float | None = None
+    mba_refined: float | None = None
+    error: str = ""
+    note: str = ""
+    image: str = ""
+    mask: str = ""
+    output: str = ""
+
+
+GT_COLUMNS = ("iou_coarse", "iou_refined", "mba_coarse", "mba_refined")
+
+
+@dataclass
+class Summary:
+    rows: list[Row]
+    seconds: float
+    orphans: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # "coarse"/"refined" -> SegMetrics summary
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.rows)
+
+    @property
+    def failed(self) -> list[Row]:
+        return [r for r in self.rows if r.status == "failed"]
+
+    def line(self) -> str:
+        """The one-line summary: done, skipped, failed, total time (and dataset IoU / mBA with ground truth)."""
+        n, t = len(self.rows), self.seconds
+        done = self.count("done")
+        text = (f"done {done}, skipped {self.count('skipped')}, failed {self.count('failed')} of {n} "
+                f"in {t:.1f} s ({done / t if t > 0 else 0.0:.2f} img/s refined)")
+        if self.interrupted:
+            text = "INTERRUPTED: " + text
+        c, r = self.metrics.get("coarse"), self.metrics.get("refined")
+        if c and r and c.get("n_images"):
+            text += (f"; IoU {c['iou']:.4f} -> {r['iou']:.4f}, mBA {c['mba']:.4f} -> {r['mba']:.4f} "
+                     f"over {c['n_images']} {'objects' if c.get('objects') else 'images'} with ground truth")
+        return text
+
+
+# --------------------------------------------------------------------------------------------- processing
+
+@dataclass
+class Options:
+    fast: bool = False
+    L: int = 900
+    threshold: float | None = None
+    labels: bool = False
+    overlay: bool = False
+    resume: bool = True
+    metrics: bool = False  # compute changed_fraction / IoU / mBA (also for skipped items)
+
+
+@dataclass
+class Loaded:
+    """An item's inputs in the upright frame of the photo, plus how to map results back to the mask's frame."""
+
+    rgb: np.ndarray | None
+    header: imageio.ImageHeader
+    mask_file: imageio.MaskFile
+    coarse: np.ndarray  # HxW bool (binary mode) or int32 ids (labels mode), upright
+    gt: np.ndarray | None
+    mask_rotated: bool  # the mask was stored in the photo's un-rotated (raw EXIF) frame
+    note: str = ""
+
+
+def _to_upright(arr: np.ndarray, header: imageio.ImageHeader, what: str) -> tuple[np.ndarray, bool]:
+    """A mask matching the upright photo is used as is; one matching the stored (raw) photo is rotated too."""
+    size = (arr.shape[1], arr.shape[0])
+    if size == header.size:
+        return arr, False
+    if size == header.stored_size:
+        return imageio.orient(arr, header.orientation), True
+    raise ValueError(f"{what} size {size[0]}x{size[1]} does not match image size {header.size[0]}x{header.size[1]}")
+
+
+def _mask_values(mf: imageio.MaskFile, labels: bool, what: str,
+                 reference: imageio.MaskFile | None = None) -> np.ndarray:
+    """Binary foreground, or object ids (numbered like ``reference`` for colour label maps)."""
+    if not labels:
+        return mf.binary()
+    ids = mf.label_ids() if reference is None else mf.label_ids_like(reference)
+    n = len(np.unique(ids))
+    if n - 1 > MAX_LABELS:
+        raise ValueError(f"{what} has {n - 1} distinct ids (more than {MAX_LABELS}): a soft mask, not a label map?")
+    return ids
+
+
+def _binary_note(mf: imageio.MaskFile, coarse: np.ndarray) -> str:
+    if not coarse.any() and mf.values.any():
+        return (f"mask has values up to {int(mf.values.max())} but none counts as foreground "
+                "(a label map? use --labels)")
+    return ""
+
+
+def _load(pair: Pair, opts: Options, need_image: bool = True) -> Loaded:
+    if need_image:
+        rgb, header = imageio.read_image(pair.image)
+    else:
+        rgb, header = None, imageio.read_image_header(pair.image)
+    mf = imageio.read_mask(pair.mask)
+    coarse, rotated = _to_upright(_mask_values(mf, opts.labels, "mask"), header, "mask")
+    note = "" if opts.labels else _binary_note(mf, coarse)
+    gt = None
+    if pair.gt is not None and opts.metrics:
+        gt, _ = _to_upright(_mask_values(imageio.read_mask(pair.gt), opts.labels, "ground truth", mf), header,
+                            "ground truth")
+    if rotated:
+        note = "; ".join(filter(None, [note, f"mask matched the un-rotated photo (EXIF orientation "
+                                             f"{header.orientation}); output kept in the mask's frame"]))
+    return Loaded(rgb, header, mf, coarse, gt, rotated, note)
+
+
+def _object_metrics(coarse: np.ndarray, refined: np.ndarray, gt: np.ndarray, labels: bool
+                    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], bool]:
+    """(coarse, refined, gt) bool triples to score: the image itself, or one per GT object id in labels mode."""
+    if not labels:
+        return [(coarse, refined > 128, gt)], False
+    return [(coarse == i, refined == i, gt == i) for i in np.unique(gt) if i != 0], True
+
+
+def _score(row: Row, loaded: Loaded, refined: np.ndarray, opts: Options, acc: dict[str, SegMetrics]) -> None:
+    """Fill changed_fraction and, with a GT, IoU / boundary accuracy (mean over objects in labels mode)."""
+    ref_bin = refined if opts.labels else refined > 128
+    row.changed_fraction = float(np.mean(loaded.coarse != ref_bin))
+    if loaded.gt is None:
+        return
+    triples, _ = _object_metrics(loaded.coarse, refined, loaded.gt, opts.labels)
+    if not triples:
+        row.note = "; ".join(filter(None, [row.note, "ground truth has no objects"]))
+        return
+    ious_c, ious_r, bas_c, bas_r = [], [], [], []
+    for c, r, g in triples:
+        ious_c.append(mask_iou(c, g))
+        ious_r.append(mask_iou(r, g))
+        bas_c.append(boundary_accuracy(c, g))
+        bas_r.append(boundary_accuracy(r, g))
+        acc["coarse"].update(c, g)
+        acc["refined"].update(r, g)
+    row.iou_coarse, row.iou_refined = float(np.mean(ious_c)), float(np.mean(ious_r))
+    row.mba_coarse, row.mba_refined = _nanmean(bas_c), _nanmean(bas_r)
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def _refine(refiner: Any, loaded: Loaded, opts: Options) -> np.ndarray:
+    """Upright result: uint8 0-255 (soft, or 0/255 with a threshold) or an id map in labels mode."""
+    if opts.labels:
+        return refine_label_map(refiner, loaded.rgb, loaded.coarse, fast=opts.fast, L=opts.L)
+    return refiner.refine(loaded.rgb, loaded.coarse, fast=opts.fast, L=opts.L, threshold=opts.threshold)
+
+
+def _encode(refined_stored: np.ndarray, loaded: Loaded, opts: Options) -> bytes:
+    if opts.labels:
+        return loaded.mask_file.encode_labels(refined_stored)
+    return imageio.encode_png(refined_stored)
+
+
+def _read_existing(pair: Pair, loaded: Loaded, opts: Options) -> np.ndarray:
+    """A previous run's output, in the upright frame."""
+    mf = imageio.read_mask(pair.output)
+    values = mf.label_ids_like(loaded.mask_file) if opts.labels else mf.values
+    if not opts.labels and values.dtype != np.uint8:
+        values = np.clip(values, 0, 255).astype(np.uint8)
+    return imageio.orient(values, loaded.header.orientation) if loaded.mask_rotated else values
+
+
+class _Guard:
+    """Checks, right before each write, that the path is outside every input folder."""
+
+    def __init__(self, input_dirs: Sequence[Path]) -> None:
+        self.input_dirs = [_resolved(d) for d in input_dirs]
+
+    def write(self, path: Path, data: bytes) -> None:
+        target = _resolved(path)
+        for d in self.input_dirs:
+            if _inside(target, d):
+                raise RuntimeError(f"refusing to write {path}: it is inside the input folder {d}")
+        imageio.write_atomic(target, data)
+
+
+def _is_complete(pair: Pair, opts: Options) -> bool:
+    if not pair.output.exists():
+        return False
+    size = imageio.read_mask_size(pair.mask)
+    if not imageio.is_valid_image(pair.output, size):
+        return False
+    return not opts.overlay or imageio.is_valid_image(pair.overlay)
+
+
+def process_pair(pair: Pair, refiner: Any, opts: Options, guard: _Guard, acc: dict[str, SegMetrics],
+                 prefetched: Loaded | BaseException | None = None) -> Row:
+    """Refine one pair (or skip it when its outputs are complete). Per-item errors end up in the row."""
+    row = Row(pair.name, image=str(pair.image or ""), mask=str(pair.mask or ""), output=str(pair.output))
+    if pair.problem:
+        row.error = pair.problem
+        return row
+    t0 = time.perf_counter()
+    try:
+        if opts.resume and _is_complete(pair, opts):
+            row.status = "skipped"
+            if opts.metrics:
+                loaded = _load(pair, opts, need_image=False)
+                row.width, row.height = loaded.header.size
+                _score(row, loaded, _read_existing(pair, loaded, opts), opts, acc)
+            return row
+        if isinstance(prefetched, BaseException):
+            raise prefetched
+        loaded = prefetched if prefetched is not None else _load(pair, opts)
+        row.width, row.height = loaded.header.size
+        row.note = loaded.note
+        refined = _refine(refiner, loaded, opts)
+        stored = imageio.unorient(refined, loaded.header.orientation) if loaded.mask_rotated else refined
+        data = _encode(stored, loaded, opts)
+        if opts.overlay:  # overlay first: a complete mask output then implies a complete overlay
+            pic = make_overlay(loaded.rgb, loaded.coarse, refined, labels=opts.labels)
+            guard.write(pair.overlay, imageio.encode_jpeg(pic))
+        guard.write(pair.output, data)
+        if opts.metrics:
+            _score(row, loaded, refined, opts, acc)
+        row.status = "done"
+    except Exception as e:  # one bad item must not stop a run over thousands
+        row.status, row.error = "failed", _describe(e)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise
+        _free_accelerator_memory(e)
+    finally:
+        row.seconds = round(time.perf_counter() - t0, 4)
+    return row
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if type(e).__name__ == "OutOfMemoryError":
+        return f"out of memory ({text}); try a smaller --L or --device cpu"
+    if isinstance(e, (ValueError, imageio.ImageReadError)):
+        return text or type(e).__name__
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _free_accelerator_memory(e: BaseException) -> None:
+    if type(e).__name__ == "OutOfMemoryError":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
+def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = None,
+                  device: str | None = None, weights: Any = None, gt: PathLike | None = None,
+                  fast: bool = False, L: int = 900, threshold: float | None = None, labels: bool = False,
+                  overlay: bool = False, resume: bool = True, limit: int | None = None,
+                  report: PathLike | None = None, progress: bool = True,
+                  on_row: Callable[[Row], None] | None = None) -> Summary:
+    """Refine every pair found in ``inputs`` (see :func:`find_pairs`), writing into ``out``.
+
+    ``refiner``: an object with ``refine``/``refine_probability`` (a :class:`~cascadepsp.Refiner`); when
+    ``None`` one is built from ``device`` and ``weights``. Failures are logged and counted, never raised;
+    a ``KeyboardInterrupt`` stops the run after writing the report of what was finished.
+    """
+    if threshold is not None and labels:
+        raise ValueError("threshold: not used with labels (a refined label map is always hard)")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold: expected a value in [0, 1], got {threshold}")
+    L = _check_L(L)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit: expected a positive integer, got {limit}")
+    if report is not None and Path(report).suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"report: expected a path ending in .csv or .json, got {report}")
+    pairing = find_pairs(inputs, out, gt)
+    out_r = _resolved(out)
+    guard = _Guard(pairing.input_dirs)
+    if report is not None:
+        report_r = _resolved(report)
+        for d in guard.input_dirs:
+            if _inside(report_r, d):
+                raise ValueError(f"report: {report} lies inside the input folder {d}")
+    if refiner is None:
+        refiner = Refiner(device=device, weights=weights)
+    pairs = pairing.pairs[:limit] if limit is not None else pairing.pairs
+    want_metrics = report is not None or any(p.gt is not None for p in pairs)
+    opts = Options(fast=fast, L=L, threshold=threshold, labels=labels, overlay=overlay, resume=resume,
+                   metrics=want_metrics)
+    out_r.mkdir(parents=True, exist_ok=True)
+    for stale in imageio.remove_stale_temps(out_r):
+        LOG.info("removed a temporary file left by an interrupted run: %s", stale)
+    if pairing.orphans:
+        LOG.warning("%d mask(s) have no image and are ignored, e.g. %s", len(pairing.orphans),
+                    ", ".join(pairing.orphans[:5]))
+    acc = {"coarse": SegMetrics(), "refined": SegMetrics()}
+    rows: list[Row] = []
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    t0 = time.perf_counter()
+    interrupted = finished = False
+    bar = tqdm(total=len(pairs), unit="img", desc="refine", disable=not progress, dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cascadepsp-load")
+    try:
+        ahead: Future | None = None
+        for i, pair in enumerate(pairs):
+            current, ahead = ahead, _prefetch(pool, pairs[i + 1], opts) if i + 1 < len(pairs) else None
+            pre = _result(current) if current is not None else None
+            row = process_pair(pair, refiner, opts, guard, acc, pre)
+            rows.append(row)
+            if row.status == "failed":
+                LOG.warning("%s: %s", row.name, row.error)
+            if on_row is not None:
+                on_row(row)
+            counts[row.status] += 1
+            bar.set_postfix(counts, refresh=False)
+            bar.update(1)
+        finished = True
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+        summary = Summary(rows, time.perf_counter() - t0, pairing.orphans, interrupted)
+        if acc["coarse"].ious:
+            summary.metrics = {k: {**v.summary(), "objects": labels} for k, v in acc.items()}
+        if report is not None:
+            try:
+                write_report(report, summary, with_gt=any(p.gt is not None for p in pairs))
+            except Exception as e:
+                if finished:
+                    raise
+                LOG.error("could not write the report %s: %s", report, e)  # keep the original error
+    return summary
+
+
+def _prefetch(pool: ThreadPoolExecutor, pair: Pair, opts: Options) -> Future | None:
+    """Decode the next pair's inputs in the background while the current one is refined."""
+    if pair.problem or (opts.resume and pair.output.exists()):
+        return None  # skipped or failed without decoding; nothing to gain
+    return pool.submit(_load, pair, opts)
+
+
+def _result(fut: Future) -> Loaded | BaseException:
+    try:
+        return fut.result()
+    except Exception as e:
+        return e
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 6)
+    return v
+
+
+def write_report(path: PathLike, summary: Summary, with_gt: bool = False) -> Path:
+    """Per-image rows as CSV or JSON (by extension), written atomically; GT columns only with ground truth."""
+    columns = [f for f in Row.__dataclass_fields__ if with_gt or f not in GT_COLUMNS]
+    rows = [{k: _clean(v) for k, v in asdict(r).items() if k in columns} for r in summary.rows]
+    if Path(path).suffix.lower() == ".json":
+        doc = {"summary": {"done": summary.count("done"), "skipped": summary.count("skipped"),
+                           "failed": summary.count("failed"), "total": len(summary.rows),
+                           "seconds": round(summary.seconds, 3), "interrupted": summary.interrupted,
+                           "orphan_masks": summary.orphans,
+                           "metrics": {k: {m: _clean(x) for m, x in v.items()} for k, v in summary.metrics.items()}},
+               "images": rows}
+        data = json.dumps(doc, indent=1).encode()
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if v is None else v for k, v in r.items()})
+        data = buf.getvalue().encode()
+    return imageio.write_atomic(_resolved(path), data)
