@@ -1,0 +1,224 @@
+"""Baselines, dataset discovery and the end-to-end evaluation (library function and script) on tiny data."""
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import cascadepsp
+from cascadepsp.baselines import BASELINES, get_baseline, guided_filter, guided_refine, identity, morph_smooth
+from cascadepsp.evaluation import (
+    COARSE,
+    REFINER,
+    build_methods,
+    davis_triplets,
+    evaluate_pairs,
+    find_triplets,
+    format_table,
+    load_sample,
+    match_folders,
+    save_figure,
+    write_csv,
+)
+from cascadepsp.metrics import SegMetrics, boundary_accuracy, mask_iou
+from cascadepsp.perturb import perturb_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scene(seed: int, h: int = 48, w: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    gt = np.zeros((h, w), np.uint8)
+    cv2.ellipse(gt, (w // 2 + seed, h // 2), (18, 12), 10 * seed, 0, 360, 255, -1)
+    image = np.where(gt[..., None] > 0, [200, 60, 40], [30, 90, 160]).astype(np.float64)
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    seg = perturb_mask(gt, seed)
+    return image, seg, gt
+
+
+def _write_flat(folder: Path, n: int = 3) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image, seg, gt = _scene(i)
+        Image.fromarray(image).save(folder / f"s{i}_im.png")
+        Image.fromarray(seg).save(folder / f"s{i}_seg.png")
+        Image.fromarray(gt).save(folder / f"s{i}_gt.png")
+
+
+# ---------------------------------------------------------------- baselines
+
+def test_guided_filter_preserves_a_step_edge_and_smooths_flat_noise():
+    guide = np.zeros((40, 40))
+    guide[:, 20:] = 1.0
+    out = guided_filter(guide, guide, radius=4, eps=1e-4)
+    assert np.abs(out - guide).max() < 0.05  # the guide itself passes through (edge kept)
+    rng = np.random.default_rng(0)
+    flat = np.full((40, 40, 3), 0.5)
+    noisy = rng.random((40, 40))
+    smoothed = guided_filter(flat, noisy, radius=4, eps=1e-3)  # flat guide -> a = 0 -> box mean of box mean
+    assert smoothed.std() < noisy.std() / 3
+
+
+def test_guided_refine_snaps_a_shifted_edge_to_the_image_edge():
+    h, w = 60, 80
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, 40:] = 220
+    gt = np.zeros((h, w), np.uint8)
+    gt[:, 40:] = 255
+    coarse = np.zeros((h, w), np.uint8)
+    coarse[:, 37:] = 255  # 3 px too far left
+    small = guided_refine(image, coarse, radius=4, eps=1e-3)
+    assert small.dtype == np.uint8 and small.shape == (h, w)
+    assert mask_iou(coarse, gt) < mask_iou(small, gt) < 1.0  # part of the way: a radius-4 window sees one side
+    snapped = guided_refine(image, coarse, radius=8, eps=1e-3)  # windows reach the true edge
+    assert mask_iou(snapped, gt) == 1.0 and boundary_accuracy(snapped, gt) == 1.0
+
+
+def test_morph_smooth_removes_specks_and_fills_pinholes():
+    image = np.zeros((64, 64, 3), np.uint8)
+    m = np.zeros((64, 64), np.uint8)
+    m[16:48, 16:48] = 255
+    m[30, 30] = 0  # pinhole
+    m[5, 5] = 255  # speck
+    out = morph_smooth(image, m, radius=2)
+    assert out[30, 30] == 255 and out[5, 5] == 0
+    assert out[16:48, 16:48].mean() > 250
+
+
+def test_identity_and_registry():
+    image, seg, _ = _scene(0)
+    assert np.array_equal(identity(image, seg), np.where(seg > 127, 255, 0))
+    assert set(BASELINES) == {"identity", "guided", "morph"}
+    assert get_baseline("morph") is morph_smooth
+    with pytest.raises(ValueError, match="baseline"):
+        get_baseline("crf")
+    with pytest.raises(ValueError, match="mask"):
+        guided_refine(image, seg[:-1])
+
+
+# ---------------------------------------------------------------- discovery
+
+def test_find_triplets_recursive(tmp_path):
+    _write_flat(tmp_path / "a", 2)
+    _write_flat(tmp_path / "b" / "c", 1)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "lonely_gt.png")  # no input: ignored
+    names = [s.name for s in find_triplets(tmp_path)]
+    assert names == ["a/s0", "a/s1", "b/c/s0"]
+    with pytest.raises(ValueError, match="directory"):
+        find_triplets(tmp_path / "missing")
+
+
+def test_match_folders_and_davis_layout(tmp_path):
+    for sub in ("im", "seg", "gt"):
+        (tmp_path / sub / "x").mkdir(parents=True)
+    image, seg, gt = _scene(1)
+    Image.fromarray(image).save(tmp_path / "im" / "x" / "f1.jpg")
+    Image.fromarray(seg).save(tmp_path / "seg" / "x" / "f1.png")
+    Image.fromarray(gt).save(tmp_path / "gt" / "x" / "f1.png")
+    Image.fromarray(gt).save(tmp_path / "gt" / "x" / "only_gt.png")
+    samples = match_folders(tmp_path / "im", tmp_path / "seg", tmp_path / "gt")
+    assert [s.name for s in samples] == ["x/f1"]
+
+    davis = tmp_path / "davis"
+    for seq in ("bear", "cows"):
+        for sub, ext, arr in (("JPEGImages", "jpg", image), ("Annotations", "png", gt), ("coarse_u2netp", "png", seg)):
+            (davis / sub / seq).mkdir(parents=True, exist_ok=True)
+            for frame in ("00000", "00005"):
+                Image.fromarray(arr).save(davis / sub / seq / f"{frame}.{ext}")
+    (davis / "JPEGImages" / "bear" / "00001.jpg").write_bytes(b"")  # frames without coarse masks are ignored
+    got = davis_triplets(davis, ["cows"])
+    assert [s.name for s in got] == ["cows/00000", "cows/00005"]
+    assert got[0].gt == davis / "Annotations" / "cows" / "00000.png"
+    assert len(davis_triplets(davis)) == 4
+    with pytest.raises(ValueError, match="sequences"):
+        davis_triplets(davis, ["dog"])
+
+
+# ---------------------------------------------------------------- end to end
+
+def test_evaluate_end_to_end_with_random_resnet18(tmp_path):
+    _write_flat(tmp_path / "data", 3)
+    samples = find_triplets(tmp_path / "data")
+    methods = build_methods([COARSE, REFINER, "guided", "morph"], weights=cascadepsp.create_model("resnet18"),
+                            device="cpu", fast=True, L=96)
+    assert list(methods) == [REFINER, "guided", "morph"]
+    res = evaluate_pairs(samples, methods, keep_extremes=1)
+    assert res.methods == [COARSE, REFINER, "guided", "morph"]
+    assert res.figure_method == REFINER and len(res.worst) == 1 and len(res.best) == 1
+    assert res.worst[0].gain <= res.best[0].gain
+
+    # coarse-input metrics equal those computed directly from the files
+    direct = SegMetrics()
+    for s in samples:
+        _, seg, gt = load_sample(s)
+        direct.update(seg, gt)
+    for key in ("iou", "miou_per_image", "mba"):
+        assert res.summary[COARSE][key] == pytest.approx(direct.summary()[key], abs=1e-12)
+    assert res.summary[COARSE]["n_images"] == 3
+    for name in res.methods:
+        assert set(res.summary[name]) >= {"iou", "miou_per_image", "mba", "mean_time_s", "n_images"}
+        assert 0.0 <= res.summary[name]["iou"] <= 1.0
+    assert res.summary[REFINER]["mean_time_s"] > 0.0
+
+    table = format_table(res)
+    for name in res.methods:
+        assert name in table
+    assert "IoU" in table and "mBA" in table and "3 images" in table
+
+    csv_path = write_csv(res, tmp_path / "out" / "per_image.csv")
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["s0", "s1", "s2"]
+    for r, s in zip(rows, samples, strict=True):
+        _, seg, gt = load_sample(s)
+        assert float(r["coarse_iou"]) == pytest.approx(mask_iou(seg, gt), abs=1e-6)
+        assert float(r["coarse_ba"]) == pytest.approx(boundary_accuracy(seg, gt), abs=1e-6)
+        assert r["height"] == "48" and r["width"] == "64"
+        assert not math.isnan(float(r[f"{REFINER}_iou"]))
+
+    fig_path = save_figure(res, tmp_path / "out" / "cases.png")
+    assert fig_path.is_file() and fig_path.stat().st_size > 1000
+    with Image.open(fig_path) as im:
+        assert im.size[0] > 200
+
+
+def test_evaluate_limit_and_bad_arguments(tmp_path):
+    _write_flat(tmp_path, 3)
+    samples = find_triplets(tmp_path)
+    res = evaluate_pairs(samples, build_methods(["morph"]), limit=2)
+    assert len(res.rows) == 2 and res.figure_method == "morph"
+    with pytest.raises(ValueError, match="methods"):
+        build_methods(["crf"])
+    with pytest.raises(ValueError, match="methods"):
+        evaluate_pairs(samples, {COARSE: identity})
+    with pytest.raises(ValueError, match="limit"):
+        evaluate_pairs(samples, {}, limit=0)
+    only_coarse = evaluate_pairs(samples, {})
+    assert only_coarse.figure_method is None
+    with pytest.raises(ValueError, match="no cases"):
+        save_figure(only_coarse, tmp_path / "x.png")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_without_network(tmp_path, capsys):
+    _write_flat(tmp_path / "data", 3)
+    script = _load_script()
+    rc = script.main([str(tmp_path / "data"), "--methods", "coarse,guided,morph",
+                      "--out-csv", str(tmp_path / "r.csv"), "--figure", str(tmp_path / "f.png")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "guided" in out and "morph" in out and REFINER not in out.split("figure")[0]
+    assert (tmp_path / "r.csv").is_file() and (tmp_path / "f.png").is_file()
+    with pytest.raises(SystemExit):
+        script.main(["--methods", "coarse"])  # no data source
