@@ -1,0 +1,555 @@
+"""Training data for the refinement module: sources, splits, augmented crops and fixed validation examples.
+
+Every random choice of a training sample comes from a ``numpy`` Generator seeded by
+``(seed, epoch, index)``, so a sample (and hence a whole run) does not depend on the number of
+DataLoader workers and a resumed run sees exactly the data an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .inference import IMAGENET_MEAN, IMAGENET_STD
+from .perturb import PerturbConfig, perturb_mask
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image / ground-truth pair; ``coarse`` is a real segmenter's mask for it when the source has one."""
+
+    name: str
+    image: Path
+    mask: Path
+    group: str  # source folder or DAVIS sequence: the unit of the train/val split for video
+    coarse: Path | None = None
+
+
+def list_im_gt(root: str | os.PathLike) -> list[Item]:
+    """Pairs ``<name>_im.jpg`` + ``<name>_gt.png`` of a folder (``<name>_seg.png`` is kept as ``coarse``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"root: no such folder {root}")
+    items = []
+    for im in sorted(root.iterdir()):
+        stem, suffix = im.stem, im.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES or not stem.endswith("_im"):
+            continue
+        name = stem[:-3]
+        gt = root / f"{name}_gt.png"
+        if not gt.is_file():
+            continue
+        seg = root / f"{name}_seg.png"
+        items.append(Item(name, im, gt, root.name, seg if seg.is_file() else None))
+    if not items:
+        raise ValueError(f"root: no <name>_im.jpg / <name>_gt.png pairs in {root}")
+    return items
+
+
+def davis_sequences(root: str | os.PathLike) -> list[str]:
+    """Sorted sequence names of a DAVIS-layout folder (``JPEGImages/<seq>``)."""
+    jpeg = Path(root) / "JPEGImages"
+    if not jpeg.is_dir():
+        raise ValueError(f"root: {root} has no JPEGImages/ folder (expected the DAVIS layout)")
+    return sorted(p.name for p in jpeg.iterdir() if p.is_dir())
+
+
+def list_davis(root: str | os.PathLike, sequences: Sequence[str] | None = None) -> list[Item]:
+    """Frames of ``JPEGImages/<seq>/*.jpg`` with an ``Annotations/<seq>/*.png`` mask, for the given sequences.
+
+    ``coarse_u2netp/<seq>/<frame>.png`` is attached as the real coarse mask where it exists.
+    """
+    root = Path(root)
+    known = davis_sequences(root)
+    if sequences is None:
+        sequences = known
+    unknown = sorted(set(sequences) - set(known))
+    if unknown:
+        raise ValueError(f"sequences: unknown DAVIS sequences {unknown}; available: {known}")
+    items = []
+    for seq in sorted(sequences):
+        for im in sorted((root / "JPEGImages" / seq).iterdir()):
+            if im.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            gt = root / "Annotations" / seq / f"{im.stem}.png"
+            if not gt.is_file():
+                continue
+            coarse = root / "coarse_u2netp" / seq / f"{im.stem}.png"
+            items.append(Item(f"{seq}/{im.stem}", im, gt, seq, coarse if coarse.is_file() else None))
+    return items
+
+
+def split_davis(root: str | os.PathLike, val_sequences: Sequence[str] | None = None,
+                n_val: int = 3) -> tuple[list[str], list[str]]:
+    """(train, val) sequence names: ``val_sequences`` if given, else the last ``n_val`` in sorted order."""
+    seqs = davis_sequences(root)
+    if val_sequences is None:
+        if not 0 <= n_val < len(seqs):
+            raise ValueError(f"n_val: expected 0..{len(seqs) - 1} for {len(seqs)} sequences, got {n_val}")
+        val = seqs[len(seqs) - n_val:]
+    else:
+        unknown = sorted(set(val_sequences) - set(seqs))
+        if unknown:
+            raise ValueError(f"val_sequences: unknown DAVIS sequences {unknown}; available: {seqs}")
+        val = sorted(val_sequences)
+    return [s for s in seqs if s not in val], list(val)
+
+
+def split_by_name(items: Sequence[Item], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Item], list[Item]]:
+    """Deterministic (train, val) split of independent images: the ``val_fraction`` with the smallest hash of
+    ``seed:name`` go to validation (stable under reordering; adding images moves few others)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
+    n_val = int(round(len(items) * val_fraction))
+    ranked = sorted(items, key=lambda it: hashlib.sha1(f"{seed}:{it.name}".encode()).hexdigest())
+    val_names = {it.name for it in ranked[:n_val]}
+    return [it for it in items if it.name not in val_names], [it for it in items if it.name in val_names]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _target_size(h: int, w: int, max_side: int | None) -> tuple[int, int]:
+    if not max_side or max(h, w) <= max_side:
+        return h, w
+    s = max_side / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
+    """Decode an image as HxWx3 uint8 RGB, area-downscaled so its long side is at most ``max_side``."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"path: cannot read image {path}")
+    h, w = _target_size(*bgr.shape[:2], max_side)
+    if (h, w) != bgr.shape[:2]:
+        bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a mask as HxW uint8 0-255, resized to ``size`` (h, w) with area averaging (soft edges)."""
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise ValueError(f"path: cannot read mask {path}")
+    if size is not None and m.shape != tuple(size):
+        interp = cv2.INTER_AREA if size[0] < m.shape[0] else cv2.INTER_LINEAR
+        m = cv2.resize(m, (size[1], size[0]), interpolation=interp)
+    return m
+
+
+@dataclass
+class Loaded:
+    """Decoded arrays of one item, all the same size: RGB image, GT 0-255 and optional real coarse mask."""
+
+    image: np.ndarray
+    gt: np.ndarray
+    coarse: np.ndarray | None = None
+
+
+class ImageStore:
+    """Decoded, size-capped arrays of a list of items, cached on first use (or all at once with ``preload``).
+
+    Preload in the main process before DataLoader workers fork, so they share the cache instead of each
+    decoding their own copy.
+    """
+
+    def __init__(self, items: Sequence[Item], max_side: int | None = 640) -> None:
+        self.items = list(items)
+        self.max_side = max_side
+        self._cache: dict[int, Loaded] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, i: int) -> Loaded:
+        it = self.items[i]
+        image = load_rgb(it.image, self.max_side)
+        size = image.shape[:2]
+        gt = load_mask(it.mask, size)
+        coarse = load_mask(it.coarse, size) if it.coarse is not None else None
+        return Loaded(image, gt, coarse)
+
+    def get(self, i: int) -> Loaded:
+        got = self._cache.get(i)
+        if got is None:
+            got = self._cache[i] = self._load(i)
+        return got
+
+    def preload(self, threads: int = 4) -> None:
+        """Decode every item now (cv2 releases the GIL, so a few threads help)."""
+        todo = [i for i in range(len(self.items)) if i not in self._cache]
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for i, loaded in zip(todo, pool.map(self._load, todo), strict=True):
+                self._cache[i] = loaded
+
+    def nbytes(self) -> int:
+        return sum(x.image.nbytes + x.gt.nbytes + (0 if x.coarse is None else x.coarse.nbytes)
+                   for x in self._cache.values())
+
+
+def load_backgrounds(folder: str | os.PathLike | None, max_side: int = 1024) -> list[np.ndarray]:
+    """Every image of ``folder`` as RGB, downscaled to long side ``max_side`` (the source photos are huge)."""
+    if folder is None:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"backgrounds: no such folder {folder}")
+    paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not paths:
+        raise ValueError(f"backgrounds: no images in {folder}")
+    out = []
+    for p in paths:
+        # IMREAD_REDUCED_* decodes big JPEGs at 1/2, 1/4 or 1/8 size directly, which is much faster.
+        full = max(cv2.imread(str(p), cv2.IMREAD_REDUCED_COLOR_8).shape[:2]) * 8
+        flag = cv2.IMREAD_COLOR
+        for f, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                           (2, cv2.IMREAD_REDUCED_COLOR_2)):
+            if full // f >= max_side:
+                flag = reduced
+                break
+        bgr = cv2.imread(str(p), flag)
+        h, w = _target_size(*bgr.shape[:2], max_side)
+        if (h, w) != bgr.shape[:2]:
+            bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Knobs of the training-sample pipeline. Colour defaults are the original's; the rest is ours."""
+
+    crop_size: int = 224
+    scale_range: tuple[float, float] = (0.5, 1.5)  # log-uniform zoom of the (size-capped) source; never pads
+    crop_tries: int = 5  # random windows tried before centring one on a boundary pixel
+    keep_uniform_prob: float = 0.05  # chance to accept an all-foreground / all-background crop
+    min_fg_fraction: float = 0.02  # a crop counts as mixed when its foreground share is in [min, 1 - min]
+    hflip_prob: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.05
+    saturation: float = 0.05
+    grayscale_prob: float = 0.1
+    composite_prob: float = 0.5  # copy-paste the object onto another picture
+    background_photo_prob: float = 0.5  # ... a background photo (else another item's image)
+    paste_scale: tuple[float, float] = (0.4, 1.1)
+    paste_rotation: float = 30.0  # degrees, uniform in +-
+    paste_brightness: float = 0.2  # extra brightness jitter of the pasted object alone
+    feather_prob: float = 0.3  # blur the pasted alpha a little (sigma in feather_sigma)
+    feather_sigma: tuple[float, float] = (0.3, 1.0)
+    real_coarse_prob: float = 0.2  # use the source's real coarse mask when present and not too wrong
+    real_coarse_min_iou: float = 0.7
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+
+    def __post_init__(self) -> None:
+        if self.crop_size < 8 or self.crop_size % 8:
+            raise ValueError(f"crop_size: expected a multiple of 8 >= 8, got {self.crop_size}")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range: expected 0 < lo <= hi, got {self.scale_range}")
+        for name in ("keep_uniform_prob", "hflip_prob", "grayscale_prob", "composite_prob",
+                     "background_photo_prob", "feather_prob", "real_coarse_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1], got {v}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def color_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Brightness / contrast / saturation in random order, then random grayscale (as torchvision's, hue 0)."""
+    x = img.astype(np.float32)
+    ops = []
+    if cfg.brightness:
+        ops.append(("b", rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)))
+    if cfg.contrast:
+        ops.append(("c", rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)))
+    if cfg.saturation:
+        ops.append(("s", rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)))
+    for k in rng.permutation(len(ops)):
+        kind, f = ops[k]
+        if kind == "b":
+            x = x * f
+        elif kind == "c":
+            m = float(_gray(x).mean())
+            x = (x - m) * f + m
+        else:
+            g = _gray(x)[..., None]
+            x = (x - g) * f + g
+        np.clip(x, 0, 255, out=x)
+    if rng.random() < cfg.grayscale_prob:
+        x = np.repeat(_gray(x)[..., None], 3, axis=2)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def boundary_pixels(mask: np.ndarray) -> np.ndarray:
+    """(N, 2) array of (y, x) of foreground pixels touching background (the inner boundary)."""
+    fg = (mask > 127).astype(np.uint8)
+    inner = fg - cv2.erode(fg, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    return np.argwhere(inner > 0)
+
+
+def _is_mixed(window: np.ndarray, min_fraction: float) -> bool:
+    share = np.count_nonzero(window > 127) / window.size
+    return 0 < share and share < 1 and min_fraction <= share <= 1 - min_fraction
+
+
+def random_crop(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
+                extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Random-scale square crop resized to ``crop_size``, then a random horizontal flip.
+
+    (Nearly) all-foreground / all-background windows are rejected (kept with ``keep_uniform_prob``); after
+    ``crop_tries`` failures the window is centred on a random boundary pixel. ``extra`` (a second mask)
+    gets the same geometry.
+    """
+    h, w = gt.shape
+    c = cfg.crop_size
+    lo, hi = cfg.scale_range
+    scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    side = min(h, w, max(1, round(c / scale)))  # window side in source pixels; clamps so it never pads
+    keep_uniform = rng.random() < cfg.keep_uniform_prob
+    y0 = x0 = 0
+    found = False
+    for _ in range(max(1, cfg.crop_tries)):
+        y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+        if keep_uniform or _is_mixed(gt[y0:y0 + side, x0:x0 + side], cfg.min_fg_fraction):
+            found = True
+            break
+    if not found:
+        edge = boundary_pixels(gt)
+        if len(edge):
+            cy, cx = edge[int(rng.integers(len(edge)))]
+            y0 = int(np.clip(cy - side // 2, 0, h - side))
+            x0 = int(np.clip(cx - side // 2, 0, w - side))
+    interp = cv2.INTER_AREA if side > c else cv2.INTER_LINEAR
+
+    def cut(a: np.ndarray) -> np.ndarray:
+        return cv2.resize(np.ascontiguousarray(a[y0:y0 + side, x0:x0 + side]), (c, c), interpolation=interp)
+
+    out_im, out_gt = cut(image), cut(gt)
+    out_extra = cut(extra) if extra is not None else None
+    if rng.random() < cfg.hflip_prob:
+        out_im, out_gt = out_im[:, ::-1], out_gt[:, ::-1]
+        out_extra = out_extra[:, ::-1] if out_extra is not None else None
+    return out_im, out_gt, out_extra
+
+
+def random_background(source: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A random region of ``source`` with aspect h:w (30-100 % of the largest such), resized to (h, w)."""
+    sh, sw = source.shape[:2]
+    full = min(sh / h, sw / w)  # largest region of aspect h:w is (h*full, w*full)
+    f = full * rng.uniform(0.3, 1.0)
+    rh, rw = max(1, min(sh, round(h * f))), max(1, min(sw, round(w * f)))
+    y0, x0 = int(rng.integers(sh - rh + 1)), int(rng.integers(sw - rw + 1))
+    region = np.ascontiguousarray(source[y0:y0 + rh, x0:x0 + rw])
+    interp = cv2.INTER_AREA if rh > h else cv2.INTER_LINEAR
+    out = cv2.resize(region, (w, h), interpolation=interp)
+    return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def paste_object(image: np.ndarray, gt: np.ndarray, background: np.ndarray, rng: np.random.Generator,
+                 cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """Alpha-composite the GT object of ``image`` onto ``background`` (same size) with a random similarity
+    transform; returns (composite, new GT = the warped alpha) or None when the object leaves the frame."""
+    h, w = gt.shape
+    alpha = gt.astype(np.float32) / 255.0
+    mass = float(alpha.sum())
+    if mass < 16:
+        return None
+    ys, xs = np.nonzero(alpha > 0.5)
+    if len(ys) == 0:
+        return None
+    cy, cx = float(ys.mean()), float(xs.mean())
+    scale = rng.uniform(*cfg.paste_scale)
+    angle = rng.uniform(-cfg.paste_rotation, cfg.paste_rotation)
+    ty, tx = rng.uniform(0.25, 0.75) * h, rng.uniform(0.25, 0.75) * w
+    m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
+    m[0, 2] += tx - cx
+    m[1, 2] += ty - cy
+    fg = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    a = cv2.warpAffine(alpha, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if rng.random() < cfg.feather_prob:
+        a = cv2.GaussianBlur(a, (0, 0), rng.uniform(*cfg.feather_sigma))
+    a = np.clip(a, 0.0, 1.0)
+    if np.count_nonzero(a > 0.5) < 16:
+        return None
+    fg = fg.astype(np.float32)
+    if cfg.paste_brightness:
+        fg *= rng.uniform(1 - cfg.paste_brightness, 1 + cfg.paste_brightness)
+    a3 = a[..., None]
+    comp = a3 * fg + (1.0 - a3) * background.astype(np.float32)
+    # The GT is the alpha itself, quantised like every other mask, so image and GT agree at soft edges.
+    return (np.clip(np.rint(comp), 0, 255).astype(np.uint8),
+            np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8))
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    fa, fb = a > 127, b > 127
+    union = np.count_nonzero(fa | fb)
+    return 1.0 if union == 0 else np.count_nonzero(fa & fb) / union
+
+
+_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
+_STD = np.array(IMAGENET_STD, dtype=np.float32) * 255.0
+
+
+def to_model_tensors(image: np.ndarray, gt: np.ndarray, coarse: np.ndarray) -> dict[str, torch.Tensor]:
+    """uint8 RGB / GT 0-255 / coarse 0-255 -> ``image`` 3xHxW normalised, ``gt`` 1xHxW [0,1], ``seg`` [-1,1]."""
+    im = (image.astype(np.float32) - _MEAN) / _STD
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))),
+        "gt": torch.from_numpy(gt.astype(np.float32)[None] / 255.0),
+        "seg": torch.from_numpy(coarse.astype(np.float32)[None] / 127.5 - 1.0),
+    }
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The Generator of one training sample; depends only on (seed, epoch, index)."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+class RefineTrainDataset(Dataset):
+    """Augmented training crops: ``ds[(epoch, index)]`` (or ``ds[index]`` for epoch 0) ->
+    dict(image, gt, seg) tensors, a deterministic function of (seed, epoch, index)."""
+
+    def __init__(self, store: ImageStore, backgrounds: Sequence[np.ndarray] = (),
+                 config: AugmentConfig = AugmentConfig(), seed: int = 0) -> None:
+        if len(store) == 0:
+            raise ValueError("store: no training items")
+        self.store = store
+        self.backgrounds = list(backgrounds)
+        self.config = config
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image, gt, coarse = self.make_sample(int(epoch), int(index))
+        return to_model_tensors(image, gt, coarse)
+
+    def make_sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image uint8 HxWx3, GT uint8 0-255, coarse uint8 0/255) crops of sample ``index`` in ``epoch``."""
+        if not 0 <= index < len(self.store):
+            raise IndexError(f"index: {index} out of range for {len(self.store)} items")
+        cfg = self.config
+        rng = sample_rng(self.seed, epoch, index)
+        src = self.store.get(index)
+        image, gt, real = src.image, src.gt, src.coarse
+        composite = rng.random() < cfg.composite_prob
+        if composite:
+            h, w = gt.shape
+            if self.backgrounds and rng.random() < cfg.background_photo_prob:
+                bg_src = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+            else:
+                other = int(rng.integers(len(self.store) - 1)) if len(self.store) > 1 else 0
+                other += int(other >= index and len(self.store) > 1)  # any item but this one
+                bg_src = self.store.get(other).image
+            pasted = paste_object(image, gt, random_background(bg_src, h, w, rng), rng, cfg)
+            if pasted is not None:
+                image, gt, real = pasted[0], pasted[1], None
+        use_real = real is not None and rng.random() < cfg.real_coarse_prob
+        image, gt, real = random_crop(image, gt, rng, cfg, extra=real if use_real else None)
+        image = color_jitter(image, rng, cfg)
+        coarse = None
+        if real is not None and _mask_iou(real, gt) >= cfg.real_coarse_min_iou:
+            coarse = np.where(real > 127, 255, 0).astype(np.uint8)
+        if coarse is None:
+            coarse = perturb_mask(gt > 127, rng, cfg.perturb)
+        return np.ascontiguousarray(image), np.ascontiguousarray(gt), coarse
+
+
+# ---------------------------------------------------------------------------------------------- ordering
+
+
+def steps_per_epoch(n_items: int, batch_size: int) -> int:
+    if batch_size < 1 or n_items < batch_size:
+        raise ValueError(f"batch_size: expected 1..{n_items} (the number of training items), got {batch_size}")
+    return n_items // batch_size
+
+
+def batch_keys(step: int, n_items: int, batch_size: int, seed: int) -> list[tuple[int, int]]:
+    """The (epoch, index) keys of the batch of global step ``step``: a seeded permutation per epoch, drop-last."""
+    spe = steps_per_epoch(n_items, batch_size)
+    epoch, pos = divmod(int(step), spe)
+    perm = np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n_items)
+    return [(epoch, int(i)) for i in perm[pos * batch_size:(pos + 1) * batch_size]]
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of (epoch, index) keys for global steps ``start .. stop-1``: resuming at step k just starts at k."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+        steps_per_epoch(n_items, batch_size)  # validates
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.start, self.stop = int(start), int(stop)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.stop):
+            yield batch_keys(step, self.n_items, self.batch_size, self.seed)
+
+
+def worker_init(_: int) -> None:
+    """DataLoader worker setup: one OpenCV thread per worker (the workers already run in parallel)."""
+    cv2.setNumThreads(1)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@dataclass
+class ValExample:
+    """A fixed validation image with its GT and coarse inputs (synthetic perturbation, and real if available)."""
+
+    name: str
+    image: np.ndarray  # HxWx3 uint8 RGB
+    gt: np.ndarray  # HxW bool
+    coarse_synthetic: np.ndarray  # HxW bool
+    coarse_real: np.ndarray | None = None
+
+
+def build_val_examples(items: Sequence[Item], max_side: int = 640, max_items: int | None = 64, seed: int = 0,
+                       perturb: PerturbConfig | None = None) -> list[ValExample]:
+    """Evenly spaced ``max_items`` of ``items`` (all if None), size-capped, each with a seeded synthetic
+    coarse mask (perturbed at the validation size) and the source's real coarse mask where present."""
+    items = list(items)
+    perturb = perturb if perturb is not None else PerturbConfig()
+    if max_items is not None and len(items) > max_items:
+        pick = np.linspace(0, len(items) - 1, max_items).round().astype(int)
+        items = [items[i] for i in pick]
+    store = ImageStore(items, max_side)
+    out = []
+    for i, it in enumerate(items):
+        x = store.get(i)
+        gt = x.gt > 127
+        synth = perturb_mask(gt, np.random.default_rng([int(seed), 0xEA1, i]), perturb) > 127
+        real = x.coarse > 127 if x.coarse is not None else None
+        out.append(ValExample(it.name, x.image, gt, synth, real))
+    return out
