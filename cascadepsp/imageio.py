@@ -220,8 +220,9 @@ class MaskFile:
             raise ValueError(f"ids: expected shape {self.values.shape}, got {ids.shape}")
         if self.kind == "palette":
             im = Image.fromarray(ids.astype(np.uint8), mode="P")
-            if self.palette is not None:
-                im.putpalette(self.palette)
+            palette = list(self.palette or [])
+            need = 3 * (int(ids.max()) + 1)  # Pillow sizes the PNG bit depth by the palette: keep every id
+            im.putpalette(palette + [0] * max(0, need - len(palette)))
             extra = {} if self.transparency is None else {"transparency": self.transparency}
             return _pil_png(im, **extra)
         if self.kind == "color":
