@@ -1,0 +1,519 @@
+"""Trainer of the refinement module: the original recipe (Adam, step LR, six-slot loss) with exact resume.
+
+The data order is a pure function of the global step (see :func:`cascadepsp.data.batch_keys`) and every
+sample's augmentation a pure function of (seed, epoch, index), so a checkpoint only needs the model,
+optimizer, scheduler and step to continue exactly where an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import data as D
+from .config import PRESETS, get_config
+from .inference import image_to_tensor, mask_to_tensor, refine_single_pass
+from .losses import LossWeights, refinement_loss
+from .metrics import SegMetrics
+from .model import RefinementModule
+from .weights import resolve_device, save_model
+
+CKPT_NAME = "ckpt_last.pt"
+LOG_NAME = "log.csv"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved in checkpoints and in the exported weights' metadata."""
+
+    preset: str = "resnet18"
+    # data
+    human_seg: str | None = None  # folder of <name>_im.jpg / <name>_gt.png
+    davis: str | None = None  # DAVIS-layout folder
+    backgrounds: str | None = None  # folder of background photos for copy-paste
+    davis_val_sequences: tuple[str, ...] | None = None  # default: the last `davis_n_val` in sorted order
+    davis_n_val: int = 3
+    human_seg_val_fraction: float = 0.2
+    human_seg_repeat: int = 3  # human_seg photos are independent, DAVIS frames are not: weight them up
+    max_side: int = 640  # cap on the long side of cached training images
+    background_max_side: int = 1024
+    augment: D.AugmentConfig = field(default_factory=D.AugmentConfig)
+    # optimisation (original: batch 12, Adam 2.25e-4, wd 1e-4, x0.1 at 22.5k and 37.5k of 45k)
+    batch_size: int = 12
+    iterations: int = 45000
+    lr: float = 2.25e-4
+    weight_decay: float = 1e-4
+    milestones: tuple[float, ...] = (0.5, 37.5 / 45)  # fractions of `iterations`
+    gamma: float = 0.1
+    grad_clip: float = 5.0  # max global grad norm; 0 disables
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
+    seed: int = 0
+    # runtime
+    device: str | None = None
+    num_workers: int = 4
+    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    out_dir: str = "runs/refiner"
+    val_every: int = 1000
+    ckpt_every: int = 500
+    log_every: int = 20
+    val_max_items: int = 64  # validation images per source (evenly spaced)
+    val_max_side: int = 640
+    val_L: int = 640  # long side of the single refinement pass in validation
+    val_crop_batches: int = 4  # fixed augmented validation crops for a validation loss
+    max_minutes: float | None = None  # stop cleanly (checkpoint saved) within this wall-clock budget
+    tensorboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ValueError("iterations and batch_size must be >= 1")
+        if any(not 0 < m <= 1 for m in self.milestones):
+            raise ValueError(f"milestones: expected fractions in (0, 1], got {self.milestones}")
+        if self.human_seg is None and self.davis is None:
+            pass  # datasets may be passed to Trainer directly
+
+    def milestone_steps(self) -> list[int]:
+        return [int(round(self.iterations * m)) for m in self.milestones]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        aug = dict(d.pop("augment", {}) or {})
+        if "perturb" in aug:
+            p = dict(aug["perturb"])
+            for k in ("iou_range", "kernel_size_range"):
+                if k in p:
+                    p[k] = tuple(p[k])
+            aug["perturb"] = D.PerturbConfig(**p)
+        for k in ("scale_range", "paste_scale", "feather_sigma"):
+            if k in aug:
+                aug[k] = tuple(aug[k])
+        lw = LossWeights(**d.pop("loss_weights", {}) or {})
+        for k in ("milestones", "davis_val_sequences"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(augment=D.AugmentConfig(**aug), loss_weights=lw, **d)
+
+
+@dataclass
+class DataBundle:
+    """Training dataset, fixed validation examples per source, and a description for metadata."""
+
+    train: D.RefineTrainDataset
+    val_examples: dict[str, list[D.ValExample]]
+    val_crops: D.RefineTrainDataset | None
+    summary: dict[str, Any]
+
+
+def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
+    """Sources from ``cfg``: DAVIS split by sequence, human_seg split by name hash; preloads the train cache."""
+    train_items: list[D.Item] = []
+    val_items: dict[str, list[D.Item]] = {}
+    summary: dict[str, Any] = {}
+    if cfg.human_seg:
+        hs_train, hs_val = D.split_by_name(D.list_im_gt(cfg.human_seg), cfg.human_seg_val_fraction, cfg.seed)
+        train_items += hs_train * max(1, cfg.human_seg_repeat)
+        val_items["human_seg"] = hs_val
+        summary["human_seg"] = {"path": cfg.human_seg, "train": len(hs_train), "val": len(hs_val),
+                                "repeat": cfg.human_seg_repeat}
+    if cfg.davis:
+        tr_seq, va_seq = D.split_davis(cfg.davis, cfg.davis_val_sequences, cfg.davis_n_val)
+        dv_train = D.list_davis(cfg.davis, tr_seq)
+        train_items += dv_train
+        val_items["davis"] = D.list_davis(cfg.davis, va_seq) if va_seq else []
+        summary["davis"] = {"path": cfg.davis, "train_sequences": tr_seq, "val_sequences": va_seq,
+                            "train": len(dv_train), "val": len(val_items["davis"])}
+    if not train_items:
+        raise ValueError("TrainConfig: give at least one data source (human_seg or davis)")
+    store = D.ImageStore(train_items, cfg.max_side)
+    store.preload(preload_threads)
+    backgrounds = D.load_backgrounds(cfg.backgrounds, cfg.background_max_side) if cfg.backgrounds else []
+    summary["backgrounds"] = {"path": cfg.backgrounds, "count": len(backgrounds)}
+    summary["train_items"] = len(train_items)
+    train = D.RefineTrainDataset(store, backgrounds, cfg.augment, cfg.seed)
+    val_examples = {name: D.build_val_examples(items, cfg.val_max_side, cfg.val_max_items, cfg.seed,
+                                               cfg.augment.perturb)
+                    for name, items in val_items.items() if items}
+    all_val = [it for items in val_items.values() for it in items]
+    val_crops = None
+    if all_val and cfg.val_crop_batches > 0:
+        val_crops = D.RefineTrainDataset(D.ImageStore(all_val, cfg.max_side), backgrounds, cfg.augment,
+                                         cfg.seed + 1)
+    return DataBundle(train, val_examples, val_crops, summary)
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str:
+    try:
+        cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Runs, checkpoints, resumes, validates and exports one training run described by a :class:`TrainConfig`.
+
+    ``data`` may be given directly (tests, custom sources); otherwise it is built from the config's folders.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: DataBundle | None = None) -> None:
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.out_dir = Path(cfg.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.data = data if data is not None else build_data(cfg)
+        D.steps_per_epoch(len(self.data.train), cfg.batch_size)  # validates batch size vs data
+        torch.manual_seed(cfg.seed)
+        self.model = RefinementModule(get_config(cfg.preset)).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.milestone_steps(), cfg.gamma)
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all invocations
+        self.best: dict[str, Any] = {}
+        self.last_val: dict[str, float] = {}
+        self._tb = None
+        self._log_fields: list[str] | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / CKPT_NAME
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": "cascadepsp-train-ckpt-1",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "best": self.best,
+            "last_val": self.last_val,
+            "config": self.cfg.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write model, optimizer, scheduler, step and RNG states atomically (``ckpt_last.pt`` by default)."""
+        path = Path(path) if path is not None else self.ckpt_path
+        _atomic_torch_save(self.state(), path)
+        return path
+
+    def resume(self, path: str | os.PathLike | None = None) -> bool:
+        """Load a checkpoint (default ``out_dir/ckpt_last.pt``); returns False when there is none."""
+        path = Path(path) if path is not None else self.ckpt_path
+        if not path.is_file():
+            return False
+        # Our own file (optimizer/scheduler state holds plain Python objects), hence weights_only=False.
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        saved = ck.get("config", {})
+        for key in ("preset", "seed", "batch_size", "crop_size"):
+            old = saved.get(key, saved.get("augment", {}).get(key))
+            new = getattr(self.cfg, key, getattr(self.cfg.augment, key, None))
+            if old is not None and old != new:
+                raise ValueError(f"resume: checkpoint has {key}={old!r} but the config says {new!r}")
+        for key in ("iterations", "lr", "milestones", "augment", "human_seg", "davis"):
+            old = saved.get(key)
+            new = self.cfg.to_dict().get(key)
+            if old is not None and old != new:
+                warnings.warn(f"resume: {key} changed from {old!r} to {new!r}; the run will not match an "
+                              "uninterrupted one", stacklevel=2)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scheduler.milestones = type(self.scheduler.milestones)(self.cfg.milestone_steps())
+        self.step = int(ck["step"])
+        self.elapsed = float(ck.get("elapsed", 0.0))
+        self.best = dict(ck.get("best", {}))
+        self.last_val = dict(ck.get("last_val", {}))
+        torch.set_rng_state(ck["torch_rng"])
+        if ck.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
+        return True
+
+    # ------------------------------------------------------------------ training
+
+    def loader(self, start: int, stop: int) -> DataLoader:
+        """Batches for global steps ``start .. stop-1``, in order, independent of ``num_workers``."""
+        cfg = self.cfg
+        sampler = D.StepBatchSampler(len(self.data.train), cfg.batch_size, cfg.seed, start, stop)
+        kw: dict[str, Any] = {}
+        if cfg.num_workers > 0:
+            kw = {"worker_init_fn": D.worker_init, "prefetch_factor": 4, "persistent_workers": False}
+        return DataLoader(self.data.train, batch_sampler=sampler, num_workers=cfg.num_workers,
+                          pin_memory=self.device.type == "cuda", **kw)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimisation step on a batch; returns the loss parts, grad norm and lr used."""
+        self.model.train()
+        im = batch["image"].to(self.device, non_blocking=True)
+        gt = batch["gt"].to(self.device, non_blocking=True)
+        seg = batch["seg"].to(self.device, non_blocking=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            out = self.model(im, seg)
+        loss, parts = refinement_loss(out, gt, self.cfg.loss_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        keys = list(parts)
+        numbers = torch.stack([*(parts[k].float() for k in keys), grad_norm.float()]).tolist()  # one sync
+        values = dict(zip(keys, numbers[:-1], strict=True))
+        grad_norm = numbers[-1]
+        finite = math.isfinite(values["total"]) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        values.update(grad_norm=grad_norm, lr=lr, skipped=float(not finite))
+        return values
+
+    def _log(self, row: dict[str, Any]) -> None:
+        path = self.out_dir / LOG_NAME
+        if self._log_fields is None:
+            if path.is_file() and path.stat().st_size > 0:
+                with path.open(newline="") as f:
+                    self._log_fields = next(csv.reader(f), None)
+            if not self._log_fields:
+                self._log_fields = list(row)
+                with path.open("w", newline="") as f:
+                    csv.writer(f).writerow(self._log_fields)
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self._log_fields, extrasaction="ignore")
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        if self._tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v)):
+                    self._tb.add_scalar(k, v, row["step"])
+
+    def _log_columns(self) -> dict[str, Any]:
+        """An empty row with every column, so the CSV header is fixed from the first write."""
+        parts = ["total", "s0_l1", "s0_l2", "s0_grad", "s1_ce", "s2_ce", "s2_l1", "s2_l2", "s3_ce", "s4_ce",
+                 "s5_ce", "s5_l1", "s5_l2"]
+        cols: dict[str, Any] = dict.fromkeys(["step", "epoch", "lr", *parts, "grad_norm", "skipped",
+                                              "sec_per_it", "data_sec_per_it", "elapsed"], "")
+        for name in self.data.val_examples:
+            for kind in ("synthetic", "real"):
+                for stage in ("coarse", "refined"):
+                    for m in ("iou", "mba"):
+                        cols[f"val_{name}_{kind}_{stage}_{m}"] = ""
+        cols["val_loss"] = ""
+        return cols
+
+    def _open_tensorboard(self) -> None:
+        if not self.cfg.tensorboard or self._tb is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # the tensorboard package is optional
+            warnings.warn(f"tensorboard logging skipped: {e}", stacklevel=2)
+            return
+        self._tb = SummaryWriter(str(self.out_dir / "tb"))
+
+    def run(self, max_steps: int | None = None, max_minutes: float | None = None) -> dict[str, Any]:
+        """Train from the current step to ``cfg.iterations`` (or ``max_steps`` more steps, or until the time
+        budget would be exceeded), checkpointing, validating and logging on the way.
+
+        Returns ``{"step", "finished", "losses" (total per step run), "sec_per_it", "data_sec_per_it"}``.
+        """
+        cfg = self.cfg
+        budget = max_minutes if max_minutes is not None else cfg.max_minutes
+        t_start = time.perf_counter()
+        deadline = t_start + budget * 60 if budget else math.inf
+        stop = cfg.iterations if max_steps is None else min(cfg.iterations, self.step + max_steps)
+        self._open_tensorboard()
+        template = self._log_columns()
+        losses: list[float] = []
+        est_step, est_save, est_val = 0.0, 5.0, 0.0
+        data_time = step_time = 0.0
+        n_timed = 0
+        acc: dict[str, float] = {}
+        n_acc = 0
+        bar = tqdm(total=cfg.iterations, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
+                   desc="train")
+        stopped_early = False
+        first = True
+        try:
+            it = iter(self.loader(self.step, stop)) if self.step < stop else iter(())
+            while self.step < stop:
+                val_due = cfg.val_every > 0 and (self.step + 1) % cfg.val_every == 0
+                need = est_step + est_save + (est_val if val_due else 0.0)
+                if time.perf_counter() + need > deadline:
+                    stopped_early = True
+                    break
+                t0 = time.perf_counter()
+                batch = next(it)
+                t1 = time.perf_counter()
+                values = self.train_step(batch)
+                t2 = time.perf_counter()
+                losses.append(values["total"])
+                self.elapsed += t2 - t0
+                if not first:  # the first step of an invocation includes worker start-up
+                    data_time += t1 - t0
+                    step_time += t2 - t0
+                    n_timed += 1
+                est_step = (t2 - t0) if first else max(est_step * 0.9 + (t2 - t0) * 0.1, t2 - t0)
+                first = False
+                for k, v in values.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                n_acc += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['total']:.4f}", lr=f"{values['lr']:.2e}")
+                row: dict[str, Any] | None = None
+                if self.step % cfg.log_every == 0 or self.step == stop:
+                    row = dict(template)
+                    row.update({k: v / n_acc for k, v in acc.items()})
+                    row.update(step=self.step, epoch=(self.step - 1) // D.steps_per_epoch(
+                        len(self.data.train), cfg.batch_size), elapsed=round(self.elapsed, 1),
+                        sec_per_it=step_time / max(1, n_timed), data_sec_per_it=data_time / max(1, n_timed))
+                    acc, n_acc = {}, 0
+                if cfg.val_every > 0 and self.step % cfg.val_every == 0:
+                    tv = time.perf_counter()
+                    val = self.validate()
+                    est_val = time.perf_counter() - tv
+                    self.elapsed += est_val
+                    row = row if row is not None else {**template, "step": self.step}
+                    row.update(val)
+                    self._maybe_export_best(val)
+                    if cfg.progress:
+                        tqdm.write(self._format_val(val))
+                if row is not None:
+                    self._log(row)
+                if cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0 and self.step < stop:
+                    ts = time.perf_counter()
+                    self.save_checkpoint()
+                    est_save = time.perf_counter() - ts
+        except KeyboardInterrupt:
+            stopped_early = True
+            warnings.warn(f"interrupted at step {self.step}; saving a checkpoint", stacklevel=2)
+        finally:
+            bar.close()
+        self.save_checkpoint()
+        finished = self.step >= cfg.iterations
+        if finished:
+            self.export(self.out_dir / "model_final.safetensors")
+        if self._tb is not None:
+            self._tb.flush()
+        return {"step": self.step, "finished": finished, "stopped_early": stopped_early, "losses": losses,
+                "sec_per_it": step_time / max(1, n_timed), "data_sec_per_it": data_time / max(1, n_timed)}
+
+    # ------------------------------------------------------------------ validation and export
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """IoU / mBA of coarse vs refined masks on the fixed validation images (one refinement pass at
+        ``val_L``), per source and per coarse kind (synthetic perturbation, real segmenter), plus the
+        training loss on fixed validation crops."""
+        self.model.eval()
+        result: dict[str, float] = {}
+        for name, examples in self.data.val_examples.items():
+            meters = {(k, s): SegMetrics() for k in ("synthetic", "real") for s in ("coarse", "refined")}
+            for ex in examples:
+                im = image_to_tensor(ex.image, self.device)
+                for kind, coarse in (("synthetic", ex.coarse_synthetic), ("real", ex.coarse_real)):
+                    if coarse is None:
+                        continue
+                    prob = refine_single_pass(self.model, im, mask_to_tensor(coarse, self.device), self.cfg.val_L)
+                    refined = (prob[0, 0] > 0.5).cpu().numpy()
+                    meters[(kind, "coarse")].update(coarse, ex.gt)
+                    meters[(kind, "refined")].update(refined, ex.gt)
+            for (kind, stage), m in meters.items():
+                if len(m):
+                    s = m.summary()
+                    result[f"val_{name}_{kind}_{stage}_iou"] = s["iou"]
+                    result[f"val_{name}_{kind}_{stage}_mba"] = s["mba"]
+        if self.data.val_crops is not None and self.cfg.val_crop_batches > 0:
+            ds, b = self.data.val_crops, self.cfg.batch_size
+            n = min(len(ds), b * self.cfg.val_crop_batches)
+            total = 0.0
+            for start in range(0, n, b):
+                batch = [ds[(0, i)] for i in range(start, min(n, start + b))]
+                im = torch.stack([x["image"] for x in batch]).to(self.device)
+                gt = torch.stack([x["gt"] for x in batch]).to(self.device)
+                seg = torch.stack([x["seg"] for x in batch]).to(self.device)
+                loss, _ = refinement_loss(self.model(im, seg), gt, self.cfg.loss_weights)
+                total += float(loss) * len(batch)
+            result["val_loss"] = total / max(1, n)
+        self.model.train()
+        self.last_val = dict(result)
+        return result
+
+    @staticmethod
+    def _format_val(val: dict[str, float]) -> str:
+        parts = []
+        for key in sorted(val):
+            if key.endswith("_refined_iou") or key.endswith("_refined_mba"):
+                coarse = val.get(key.replace("_refined_", "_coarse_"), math.nan)
+                parts.append(f"{key[4:]}: {coarse:.4f}->{val[key]:.4f}")
+        if "val_loss" in val:
+            parts.append(f"val_loss {val['val_loss']:.4f}")
+        return " | ".join(parts)
+
+    @staticmethod
+    def score(val: dict[str, float]) -> float:
+        """Model-selection score: mean refined mBA + IoU over every validation source and coarse kind."""
+        vals = [v for k, v in val.items() if "_refined_" in k and math.isfinite(v)]
+        return float(np.mean(vals)) if vals else math.nan
+
+    def _maybe_export_best(self, val: dict[str, float]) -> None:
+        s = self.score(val)
+        if math.isfinite(s) and s > self.best.get("score", -math.inf):
+            self.best = {"score": s, "step": self.step, "val": val}
+            self.export(self.out_dir / "model_best.safetensors")
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "train_config": self.cfg.to_dict(),
+            "data": self.data.summary,
+            "steps": self.step,
+            "val": self.last_val,
+            "best": self.best,
+            "git_commit": git_commit(),
+            "trainer": "cascadepsp.train",
+        }
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Save the current model as fp16 safetensors with the run's config, data, steps and scores."""
+        return save_model(self.model, path, metadata=self.metadata(), half=True)
+
+
+def config_replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``cfg`` with some fields changed (``augment`` fields may be given as ``augment__<name>``)."""
+    aug = {k[len("augment__"):]: v for k, v in changes.items() if k.startswith("augment__")}
+    rest = {k: v for k, v in changes.items() if not k.startswith("augment__")}
+    if aug:
+        rest["augment"] = dataclasses.replace(cfg.augment, **aug)
+    return dataclasses.replace(cfg, **rest)

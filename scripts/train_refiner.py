@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Train a CascadePSP refinement module (thin command line over :class:`cascadepsp.train.TrainConfig`).
+
+Example (CPU smoke run):
+    python scripts/train_refiner.py --human-seg ../shared/data/human_seg --davis ../shared/data/davis2016 \
+        --backgrounds ../shared/data/backgrounds --preset resnet18 --iters 20 --batch-size 8 --out runs/smoke
+
+Re-running the same command with ``--resume`` continues from ``<out>/ckpt_last.pt`` exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from cascadepsp.config import PRESETS
+from cascadepsp.train import CKPT_NAME, TrainConfig, Trainer, config_replace
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("data")
+    g.add_argument("--human-seg", help="folder of <name>_im.jpg / <name>_gt.png pairs")
+    g.add_argument("--davis", help="DAVIS-layout folder (JPEGImages/, Annotations/)")
+    g.add_argument("--backgrounds", help="folder of background photos for copy-paste compositing")
+    g.add_argument("--davis-val", nargs="*", help="DAVIS sequences held out for validation "
+                   f"(default: the last {d.davis_n_val} in sorted order)")
+    g.add_argument("--human-seg-repeat", type=int, default=d.human_seg_repeat)
+    g.add_argument("--max-side", type=int, default=d.max_side, help="cap on training image long side")
+    g.add_argument("--composite-prob", type=float, default=d.augment.composite_prob)
+    g.add_argument("--brightness", type=float, default=d.augment.brightness)
+    g.add_argument("--contrast", type=float, default=d.augment.contrast)
+    g.add_argument("--saturation", type=float, default=d.augment.saturation)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
+    g.add_argument("--iters", type=int, default=d.iterations)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--crop", type=int, default=d.augment.crop_size)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 disables")
+    g.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA too")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("runtime")
+    g.add_argument("--out", default=d.out_dir)
+    g.add_argument("--device")
+    g.add_argument("--workers", type=int, default=d.num_workers)
+    g.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    g.add_argument("--val-every", type=int, default=d.val_every)
+    g.add_argument("--val-items", type=int, default=d.val_max_items, help="validation images per source")
+    g.add_argument("--val-L", type=int, default=d.val_L)
+    g.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint saved) within this budget")
+    g.add_argument("--resume", action="store_true", help=f"continue from <out>/{CKPT_NAME} if present")
+    g.add_argument("--export", metavar="PATH", help="export the model of <out>/ckpt_last.pt to PATH and exit")
+    g.add_argument("--tensorboard", action="store_true")
+    g.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def build_config(a: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig(
+        preset=a.preset, human_seg=a.human_seg, davis=a.davis, backgrounds=a.backgrounds,
+        davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat,
+        max_side=a.max_side, batch_size=a.batch_size, iterations=a.iters, lr=a.lr, weight_decay=a.weight_decay,
+        grad_clip=a.grad_clip, amp=not a.no_amp, seed=a.seed, device=a.device, num_workers=a.workers,
+        threads=a.threads, out_dir=a.out, val_every=a.val_every, val_max_items=a.val_items, val_L=a.val_L,
+        ckpt_every=a.ckpt_every, log_every=a.log_every, max_minutes=a.max_minutes, tensorboard=a.tensorboard,
+        progress=not a.no_progress,
+    )
+    return config_replace(cfg, augment__crop_size=a.crop, augment__composite_prob=a.composite_prob,
+                          augment__brightness=a.brightness, augment__contrast=a.contrast,
+                          augment__saturation=a.saturation)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if not (a.human_seg or a.davis):
+        print("error: give --human-seg and/or --davis", file=sys.stderr)
+        return 2
+    cfg = build_config(a)
+    trainer = Trainer(cfg)
+    print(json.dumps(trainer.data.summary, indent=1))
+    if a.export:
+        if not trainer.resume():
+            print(f"error: --export needs a checkpoint, found none at {trainer.ckpt_path}", file=sys.stderr)
+            return 2
+        print(f"exported {trainer.export(a.export)} (step {trainer.step})")
+        return 0
+    if a.resume and trainer.resume():
+        print(f"resumed from {trainer.ckpt_path} at step {trainer.step}")
+    elif trainer.ckpt_path.is_file():
+        print(f"error: {trainer.ckpt_path} exists; pass --resume to continue it or choose another --out",
+              file=sys.stderr)
+        return 2
+    (Path(cfg.out_dir) / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1,
+                                                                    default=str))
+    result = trainer.run()
+    losses = result.pop("losses")
+    result["last_loss"] = losses[-1] if losses else None
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
