@@ -1,0 +1,75 @@
+"""Architecture configuration of the PSPNet segmenter, stored in the safetensors header of its weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PSPNetConfig:
+    """Every choice that shapes a :class:`pspnet.PSPNet`, plus the geometry it was trained at.
+
+    ``crop_size`` / ``base_size`` are not architecture: they record the training crop and the long side
+    images were normalised to, so :func:`pspnet.predict` can reuse them by default.
+    """
+
+    encoder_name: str = "resnet50"
+    classes: int = 2
+    in_channels: int = 3
+    ppm_bins: tuple[int, ...] = (1, 2, 3, 6)
+    ppm_reduction: int = 4  # each pyramid branch has C / ppm_reduction channels
+    head_channels: int = 512
+    dropout: float = 0.1
+    aux: bool = True  # build the stage-3 auxiliary head (its output is used in training only)
+    aux_channels: int = 256
+    aux_weight: float = 0.4
+    crop_size: int = 320
+    base_size: int = 512
+
+    def __post_init__(self) -> None:
+        _check_int("classes", self.classes, 1)
+        _check_int("in_channels", self.in_channels, 1)
+        _check_int("ppm_reduction", self.ppm_reduction, 1)
+        _check_int("head_channels", self.head_channels, 1)
+        _check_int("aux_channels", self.aux_channels, 1)
+        _check_int("crop_size", self.crop_size, 8)
+        _check_int("base_size", self.base_size, 8)
+        if not isinstance(self.encoder_name, str) or not self.encoder_name:
+            raise ValueError(f"encoder_name: expected a segmentation_models_pytorch encoder name, "
+                             f"got {self.encoder_name!r}")
+        bins = tuple(self.ppm_bins)
+        if not bins or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in bins):
+            raise ValueError(f"ppm_bins: expected a non-empty tuple of positive integers, got {self.ppm_bins!r}")
+        object.__setattr__(self, "ppm_bins", bins)
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if float(self.aux_weight) < 0.0:
+            raise ValueError(f"aux_weight: expected a value >= 0, got {self.aux_weight!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PSPNetConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown PSPNetConfig fields: {sorted(unknown)}")
+        kw = dict(d)
+        if "ppm_bins" in kw:
+            kw["ppm_bins"] = tuple(kw["ppm_bins"])
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> PSPNetConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")

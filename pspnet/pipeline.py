@@ -1,0 +1,184 @@
+"""Segment images (PSPNet or U2-Netp) and refine the coarse masks with CascadePSP, writing PNGs per image.
+
+For each image ``<stem>``: ``<stem>_coarse.png`` and ``<stem>_refined.png`` (0-255 masks) and
+``<stem>_side_by_side.png`` (image | coarse overlay | refined overlay). Files are written atomically and
+never over an input; a failing image is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+OUTPUT_SUFFIXES = ("_coarse.png", "_refined.png", "_side_by_side.png")
+SEGMENTERS = ("pspnet", "u2netp")
+
+
+class Segmenter(Protocol):
+    def predict(self, image: Any, bgr: bool = False) -> np.ndarray: ...
+
+
+class MaskRefiner(Protocol):
+    def refine(self, image: Any, mask: Any, fast: bool = False, L: int = 900, threshold: float | None = None,
+               bgr: bool = False) -> np.ndarray: ...
+
+
+@dataclass
+class RunReport:
+    """Which images were written (input -> output paths) and which failed (input, error message)."""
+
+    written: dict[Path, list[Path]] = field(default_factory=dict)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def build_segmenter(kind: str = "pspnet", *, pspnet_weights: str | os.PathLike | Any = "default",
+                    onnx_path: str | os.PathLike | None = None, device: str | None = None) -> Segmenter:
+    """A PSPNet (bundled default, a path, or a model) or U2-Netp (``onnx_path``) foreground segmenter."""
+    if kind == "pspnet":
+        from .predict import PSPNetSegmenter
+
+        return PSPNetSegmenter(pspnet_weights, device=device)
+    if kind == "u2netp":
+        if onnx_path is None:
+            raise ValueError("onnx_path: the u2netp segmenter needs the path of u2netp.onnx")
+        from cascadepsp.segmenters import U2NetP
+
+        return U2NetP(onnx_path)
+    raise ValueError(f"segmenter: expected one of {SEGMENTERS}, got {kind!r}")
+
+
+def collect_images(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Image files named directly or found (non-recursively) in folders; our own outputs in ``out_dir`` are skipped."""
+    out = Path(out_dir).resolve() if out_dir is not None else None
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.iterdir()):
+                if not f.is_file() or f.suffix.lower() not in IMAGE_EXTS:
+                    continue
+                if out is not None and f.parent.resolve() == out and f.name.endswith(OUTPUT_SUFFIXES):
+                    continue
+                found.append(f)
+        else:
+            found.append(p)  # a missing or unreadable file is reported when processed
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB, honouring EXIF orientation."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def write_png_atomic(path: Path, array: np.ndarray) -> None:
+    """Encode ``array`` (HxW grey or HxWx3 RGB) as PNG into a temporary file, then rename it into place."""
+    bgr = array[:, :, ::-1] if array.ndim == 3 else array
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
+    if not ok:
+        raise ValueError(f"cannot encode {path.name} as PNG")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buf.tobytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 60)) -> np.ndarray:
+    """The image with the mask's foreground tinted and its background dimmed."""
+    fg = mask.astype(bool)[:, :, None]
+    tinted = 0.55 * image + 0.45 * np.array(colour, np.float32)
+    out = np.where(fg, tinted, 0.45 * image)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def side_by_side(image: np.ndarray, coarse: np.ndarray, refined: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """image | coarse overlay | refined overlay, each panel scaled so its long side is at most ``max_side``."""
+    panels = [image, overlay(image, coarse), overlay(image, refined)]
+    h, w = image.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    if s < 1.0:
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        panels = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in panels]
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+
+
+def output_stems(images: Sequence[Path]) -> list[str]:
+    """Output name stems: the file stems, with ``-2``, ``-3``... added where two inputs share a stem."""
+    used: dict[str, int] = {}
+    stems = []
+    for p in images:
+        n = used.get(p.stem, 0) + 1
+        used[p.stem] = n
+        stems.append(p.stem if n == 1 else f"{p.stem}-{n}")
+    return stems
+
+
+def output_paths(stem: str, out_dir: Path) -> list[Path]:
+    return [out_dir / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+
+
+def process_image(path: Path, out_dir: Path, segmenter: Segmenter, refiner: MaskRefiner, fast: bool = False,
+                  protected: frozenset[Path] = frozenset(), stem: str | None = None) -> list[Path]:
+    """Segment, refine and write the three PNGs of one image; returns the written paths."""
+    targets = output_paths(stem or path.stem, out_dir)
+    clash = [t for t in targets if t.resolve() in protected]
+    if clash:
+        raise ValueError(f"output {clash[0]} would overwrite an input file")
+    image = read_rgb(path)
+    coarse = segmenter.predict(image) >= 0.5
+    refined = refiner.refine(image, coarse, fast=fast)
+    refined_fg = refined >= 128
+    coarse_png = np.where(coarse, 255, 0).astype(np.uint8)
+    for target, array in zip(targets, (coarse_png, refined, side_by_side(image, coarse, refined_fg)), strict=True):
+        write_png_atomic(target, array)
+    return targets
+
+
+def segment_and_refine(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, segmenter: Segmenter,
+                       refiner: MaskRefiner, fast: bool = False,
+                       log: Callable[[str], None] | None = print) -> RunReport:
+    """Run :func:`process_image` on every image in ``inputs`` (files or folders); failures are collected."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = collect_images(inputs, out)
+    protected = frozenset(p.resolve() for p in images)
+    report = RunReport()
+    if not images:
+        report.failed.append((Path(out), "no input images found"))
+    for path, stem in zip(images, output_stems(images), strict=True):
+        try:
+            report.written[path] = process_image(path, out, segmenter, refiner, fast=fast, protected=protected,
+                                                 stem=stem)
+            if log:
+                log(f"ok   {path} -> {report.written[path][-1]}")
+        except Exception as err:  # one bad file must not stop the batch
+            msg = f"{type(err).__name__}: {err}".splitlines()[0]
+            report.failed.append((path, msg))
+            if log:
+                log(f"FAIL {path}: {msg}")
+    return report

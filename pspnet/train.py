@@ -1,0 +1,351 @@
+"""PSPNet training: SGD + poly lr (10x on the heads), main + 0.4 x aux cross-entropy, checkpoints with resume,
+bf16 autocast on GPU, and a validation loop that reports mIoU on full images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cascadepsp.weights import resolve_device
+
+from .augment import IGNORE_INDEX, AugmentConfig
+from .config import PSPNetConfig
+from .data import Sample, SegmentationDataset, find_samples, load_image, load_mask
+from .model import PSPNet
+from .predict import predict
+from .weights import save
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; stored in its checkpoints."""
+
+    data: tuple[str, ...]
+    out_dir: str
+    encoder_name: str = "resnet18"
+    classes: int = 2
+    mask_mode: str = "binary"
+    crop_size: int = 320
+    base_size: int = 512
+    batch_size: int = 8
+    iters: int = 2000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    head_lr_mult: float = 10.0
+    aux_weight: float = 0.4
+    dropout: float = 0.1
+    head_channels: int = 512
+    aux_channels: int = 256
+    workers: int = 2
+    val_every: int = 0  # 0: validate only at the end
+    val_at_end: bool = True
+    val_max_images: int = 60  # evenly spaced subset of the validation images (0 = all)
+    checkpoint_every: int = 100
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    stop_at_step: int | None = None  # stop early at this step; the schedule still spans ``iters``
+    seed: int = 0
+    device: str | None = None
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    frame_step: int = 1  # take every n-th DAVIS frame
+    sequences: tuple[str, ...] | None = None
+    val_sequences: int = 3
+    val_fraction: float = 0.2
+    resume: bool = True
+    progress: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, os.PathLike)):
+            self.data = (str(self.data),)
+        self.data = tuple(str(d) for d in self.data)
+        if not self.data:
+            raise ValueError("data: expected at least one dataset root")
+        if self.classes < 2:
+            raise ValueError(f"classes: training uses softmax cross-entropy, expected >= 2, got {self.classes}")
+        for name in ("batch_size", "iters", "crop_size", "base_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if isinstance(self.augment, dict):
+            aug = dict(self.augment)
+            aug["scale"] = tuple(aug.get("scale", AugmentConfig.scale))
+            self.augment = AugmentConfig(**aug)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def model_config(self) -> PSPNetConfig:
+        return PSPNetConfig(encoder_name=self.encoder_name, classes=self.classes, dropout=self.dropout,
+                            head_channels=self.head_channels, aux_channels=self.aux_channels,
+                            aux_weight=self.aux_weight, crop_size=self.crop_size, base_size=self.base_size)
+
+
+def poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9) -> float:
+    """``base_lr * (1 - step / max_steps) ** power`` (0 at and beyond ``max_steps``)."""
+    if max_steps <= 0:
+        raise ValueError(f"max_steps: expected a positive integer, got {max_steps!r}")
+    frac = min(max(step, 0), max_steps) / max_steps
+    return base_lr * (1.0 - frac) ** power
+
+
+def build_optimizer(model: PSPNet, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with two groups: the encoder at ``lr`` and the heads (PPM, classifier, aux) at ``head_lr_mult x lr``."""
+    groups = [{"params": list(model.encoder_parameters()), "lr_mult": 1.0, "name": "encoder"},
+              {"params": list(model.head_parameters()), "lr_mult": cfg.head_lr_mult, "name": "head"}]
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_mult"]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
+    """Apply the poly schedule for ``step`` to every group; returns the base (encoder) lr."""
+    lr = poly_lr(cfg.lr, step, cfg.iters, cfg.poly_power)
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
+    return lr
+
+
+def segmentation_loss(outputs: Tensor | tuple[Tensor, Tensor | None], target: Tensor, aux_weight: float = 0.4
+                      ) -> tuple[Tensor, dict[str, float]]:
+    """Cross-entropy (ignore 255) on the main logits plus ``aux_weight`` x that of the auxiliary logits."""
+    main, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
+    main_loss = F.cross_entropy(main.float(), target, ignore_index=IGNORE_INDEX)
+    total = main_loss
+    parts = {"main": float(main_loss.detach())}
+    if aux is not None and aux_weight > 0:
+        aux_loss = F.cross_entropy(aux.float(), target, ignore_index=IGNORE_INDEX)
+        total = total + aux_weight * aux_loss
+        parts["aux"] = float(aux_loss.detach())
+    return total, parts
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
+    """``classes x classes`` counts (rows: target, columns: prediction), ignoring target 255."""
+    valid = target != IGNORE_INDEX
+    t = target[valid].astype(np.int64)
+    p = np.clip(pred[valid].astype(np.int64), 0, classes - 1)
+    if t.size and t.max() >= classes:
+        raise ValueError(f"target: label {int(t.max())} >= classes={classes}")
+    return np.bincount(t * classes + p, minlength=classes * classes).reshape(classes, classes)
+
+
+def iou_from_confusion(conf: np.ndarray) -> dict[str, Any]:
+    """Per-class IoU, mIoU over classes that occur (in target or prediction), and pixel accuracy."""
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    iou = np.where(present, tp / np.maximum(union, 1), np.nan)
+    return {"miou": float(np.nanmean(iou)) if present.any() else float("nan"),
+            "iou": [None if np.isnan(v) else float(v) for v in iou],
+            "pixel_acc": float(tp.sum() / max(conf.sum(), 1))}
+
+
+def evaluate(model: PSPNet, samples: Sequence[Sample], mask_mode: str = "binary", max_images: int = 0,
+             crop: int | None = None, base_size: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """mIoU of ``model`` on full-resolution validation images (via :func:`pspnet.predict`)."""
+    if max_images and len(samples) > max_images:
+        idx = np.linspace(0, len(samples) - 1, max_images).round().astype(int)
+        samples = [samples[i] for i in sorted(set(idx.tolist()))]
+    classes = max(model.config.classes, 2)
+    conf = np.zeros((classes, classes), np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        for s in tqdm(samples, desc="val", leave=False, disable=not progress):
+            _, pred = predict(load_image(s.image), model, crop=crop, base_size=base_size)
+            conf += confusion_matrix(pred, load_mask(s.mask, mask_mode), classes)
+    finally:
+        model.train(was_training)
+    return {**iou_from_confusion(conf), "images": len(samples)}
+
+
+def save_checkpoint(path: str | Path, model: PSPNet, optimizer: torch.optim.Optimizer, step: int,
+                    cfg: TrainConfig, extra: dict[str, Any] | None = None) -> Path:
+    """Atomically write model + optimizer + step + configs (tmp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "model_config": model.config.to_dict(), "train_config": json.dumps(cfg.to_dict(), default=str),
+            "extra": json.dumps(extra or {}), "torch_rng": torch.get_rng_state()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, model: PSPNet, optimizer: torch.optim.Optimizer | None = None
+                    ) -> dict[str, Any]:
+    """Restore model (and optimizer) state from :func:`save_checkpoint`; returns the checkpoint dict."""
+    blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    if PSPNetConfig.from_dict(blob["model_config"]) != model.config:
+        raise ValueError(f"{path}: checkpoint model config {blob['model_config']} differs from the run's "
+                         f"{model.config.to_dict()}")
+    model.load_state_dict(blob["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(blob["optimizer"])
+    if "torch_rng" in blob:
+        torch.set_rng_state(blob["torch_rng"])
+    blob["extra"] = json.loads(blob.get("extra", "{}"))
+    return blob
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The shuffled index batches of one epoch (a pure function of seed and epoch, so resume can replay it)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=gen).tolist()
+    if n < batch_size:
+        return [perm]
+    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n // batch_size)]
+
+
+def _batches(dataset: SegmentationDataset, cfg: TrainConfig, start_step: int, pin: bool
+             ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless batches, positioned at ``start_step`` (same epoch and offset as an uninterrupted run)."""
+    n = len(dataset)
+    per_epoch = len(epoch_batches(n, cfg.batch_size, cfg.seed, 0))
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)[skip:]
+        skip = 0
+        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)  # worker seeds, not the global RNG
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.workers, generator=gen,
+                            pin_memory=pin)
+        yield from loader
+        epoch += 1
+
+
+@dataclass
+class TrainResult:
+    """What a run did: the last step, per-step history (``step``, ``lr``, ``loss``...), validations, files."""
+
+    step: int
+    history: list[dict[str, float]]
+    validations: list[dict[str, Any]]
+    checkpoint: Path
+    weights: Path | None
+    stopped_early: bool
+
+
+def collect_samples(cfg: TrainConfig, split: str) -> list[Sample]:
+    samples: list[Sample] = []
+    for root in cfg.data:
+        samples += find_samples(root, split, sequences=cfg.sequences, val_sequences=cfg.val_sequences,
+                                val_fraction=cfg.val_fraction, frame_step=cfg.frame_step)
+    return samples
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train (or resume from ``out_dir/last.pt``) until ``iters``, ``stop_at_step`` or ``max_minutes``."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    train_samples = collect_samples(cfg, "train")
+    val_samples = collect_samples(cfg, "val")
+    dataset = SegmentationDataset(train_samples, cfg.crop_size, cfg.base_size, cfg.mask_mode, cfg.augment)
+
+    model = PSPNet(config=cfg.model_config()).to(device)
+    optimizer = build_optimizer(model, cfg)
+    ckpt_path = out / CHECKPOINT_NAME
+    step = 0
+    best = {}
+    if cfg.resume and ckpt_path.is_file():
+        blob = load_checkpoint(ckpt_path, model, optimizer)
+        step = int(blob["step"])
+        best = blob["extra"].get("best", {})
+    log_path = out / "log.jsonl"
+    use_amp = cfg.amp and device.type == "cuda"
+    batches = _batches(dataset, cfg, start_step=step, pin=device.type == "cuda")
+    history: list[dict[str, float]] = []
+    validations: list[dict[str, Any]] = []
+    start = time.monotonic()
+    stopped_early = False
+
+    def log(record: dict[str, Any]) -> None:
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def validate() -> None:
+        result = evaluate(model, val_samples, cfg.mask_mode, cfg.val_max_images, progress=cfg.progress)
+        result["step"] = step
+        validations.append(result)
+        log({"event": "val", **result})
+        tqdm.write(f"step {step}: val mIoU {result['miou']:.4f} on {result['images']} images "
+                   f"(IoU per class {result['iou']})")
+        if not best or result["miou"] > best.get("miou", -1.0):
+            best.update(miou=result["miou"], step=step)
+            save(model, out / "best.safetensors", metadata=_weights_meta(cfg, step, result))
+
+    log({"event": "start", "step": step, "train_images": len(train_samples), "val_images": len(val_samples),
+         "config": cfg.to_dict()})
+    bar = tqdm(total=cfg.iters, initial=step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+    model.train()
+    while step < cfg.iters:
+        if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
+            stopped_early = True
+            break
+        if cfg.max_minutes is not None and time.monotonic() - start > 60.0 * cfg.max_minutes:
+            stopped_early = True
+            break
+        lr = set_poly_lr(optimizer, cfg, step)
+        images, target = next(batches)
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            outputs = model(images)
+        loss, parts = segmentation_loss(outputs, target, cfg.aux_weight)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        record = {"step": step, "lr": lr, "loss": loss_value, **parts}
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+        if step % 10 == 0 or step == cfg.iters:
+            log({"event": "train", "time_s": round(time.monotonic() - start, 1), **record})
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
+        if cfg.val_every and step % cfg.val_every == 0 and val_samples:
+            validate()
+            model.train()
+    bar.close()
+    finished = step >= cfg.iters
+    if finished and cfg.val_at_end and val_samples and not (validations and validations[-1]["step"] == step):
+        validate()
+    save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
+    weights = save(model, out / ("final.safetensors" if finished else f"step_{step}.safetensors"),
+                   metadata=_weights_meta(cfg, step, validations[-1] if validations else None))
+    log({"event": "stop", "step": step, "finished": finished, "time_s": round(time.monotonic() - start, 1)})
+    return TrainResult(step, history, validations, ckpt_path, weights, stopped_early)
+
+
+def _weights_meta(cfg: TrainConfig, step: int, val: dict[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"step": step, "iters": cfg.iters, "data": list(cfg.data), "mask_mode": cfg.mask_mode,
+                            "trainer": "pspnet.train"}
+    if val is not None:
+        meta["val_miou"] = val["miou"]
+        meta["val_images"] = val["images"]
+    return meta

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Train a PSPNet segmenter on folders of image + mask (DAVIS layout, <name>_im/_gt pairs, images/ + masks/).
+
+Resumes from OUT/last.pt when present; --max-minutes stops cleanly with a checkpoint, so re-running the same
+command continues the schedule. Writes OUT/final.safetensors (or step_N.safetensors when stopped early),
+OUT/best.safetensors (best validation mIoU) and OUT/log.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from pspnet.train import TrainConfig, train
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", action="append", required=True, help="dataset root (repeat for several)")
+    p.add_argument("--out", required=True, help="run folder for checkpoints, weights and the log")
+    p.add_argument("--encoder", default="resnet18", help="segmentation_models_pytorch encoder name")
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--mask-mode", choices=("binary", "labels"), default="binary")
+    p.add_argument("--crop", type=int, default=320)
+    p.add_argument("--base-size", type=int, default=512, help="long side images are scaled to before augmenting")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--iters", type=int, default=2000, help="length of the poly schedule")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--val-every", type=int, default=0, help="validate every N steps (0: at the end only)")
+    p.add_argument("--val-max-images", type=int, default=60)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this long")
+    p.add_argument("--frame-step", type=int, default=1, help="use every n-th DAVIS frame")
+    p.add_argument("--sequences", nargs="*", default=None, help="restrict DAVIS to these sequences")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing OUT/last.pt")
+    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(data=tuple(args.data), out_dir=args.out, encoder_name=args.encoder, classes=args.classes,
+                      mask_mode=args.mask_mode, crop_size=args.crop, base_size=args.base_size,
+                      batch_size=args.batch, iters=args.iters, lr=args.lr, workers=args.workers,
+                      val_every=args.val_every, val_max_images=args.val_max_images,
+                      checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
+                      frame_step=args.frame_step, sequences=tuple(args.sequences) if args.sequences else None,
+                      seed=args.seed, device=args.device, resume=not args.no_resume, amp=not args.no_amp)
+    result = train(cfg)
+    state = "stopped early" if result.stopped_early else "finished"
+    print(f"{state} at step {result.step}/{cfg.iters}; checkpoint {result.checkpoint}; weights {result.weights}")
+    if result.validations:
+        print(f"last validation mIoU {result.validations[-1]['miou']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
