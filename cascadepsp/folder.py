@@ -149,15 +149,14 @@ def pair_original_layout(root: PathLike, out: PathLike, gt: PathLike | None = No
             masks[(parent, m.group("name"))].append(root / rel)
         elif rel.stem.lower().endswith("_gt") and ext in imageio.MASK_EXTS:
             gts[(parent, rel.stem[:-3])].append(root / rel)
-    gt_idx = _index(_resolved(gt), imageio.MASK_EXTS, [out, root]) if gt is not None else None
+    # --gt DIR holds <name>.<ext> or <name>_gt.<ext>; otherwise the <name>_gt files beside the images are used
+    gt_idx = _index(_resolved(gt), imageio.MASK_EXTS, [out, root]) if gt is not None else gts
     pairs = []
     for key in sorted(images):
         parent, name = key
         image, problem = _one(images[key], "image")
-        mask, mask_problem = _one(sorted(masks.get(key, []), key=lambda p: imageio.MASK_EXTS.index(
-            p.suffix.lower())), "mask")
-        gt_path, gt_problem = _find_gt(gt_idx, parent, name, f"{name}_gt") if gt is not None else \
-            _find_gt(gts, parent, name)
+        mask, mask_problem = _one(masks.get(key, []), "mask")
+        gt_path, gt_problem = _find_gt(gt_idx, parent, name, f"{name}_gt")
         output, overlay = _out_paths(out, parent, f"{name}_mask", name)
         pairs.append(Pair(_name(parent, name), image, mask, gt_path, output, overlay,
                           problem or mask_problem or gt_problem))
@@ -337,11 +336,11 @@ def _load(pair: Pair, opts: Options, need_image: bool = True) -> Loaded:
 
 
 def _object_metrics(coarse: np.ndarray, refined: np.ndarray, gt: np.ndarray, labels: bool
-                    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], bool]:
+                    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(coarse, refined, gt) bool triples to score: the image itself, or one per GT object id in labels mode."""
     if not labels:
-        return [(coarse, refined > 128, gt)], False
-    return [(coarse == i, refined == i, gt == i) for i in np.unique(gt) if i != 0], True
+        return [(coarse, refined > 128, gt)]
+    return [(coarse == i, refined == i, gt == i) for i in np.unique(gt) if i != 0]
 
 
 def _score(row: Row, loaded: Loaded, refined: np.ndarray, opts: Options, acc: dict[str, SegMetrics]) -> None:
@@ -350,7 +349,7 @@ def _score(row: Row, loaded: Loaded, refined: np.ndarray, opts: Options, acc: di
     row.changed_fraction = float(np.mean(loaded.coarse != ref_bin))
     if loaded.gt is None:
         return
-    triples, _ = _object_metrics(loaded.coarse, refined, loaded.gt, opts.labels)
+    triples = _object_metrics(loaded.coarse, refined, loaded.gt, opts.labels)
     if not triples:
         row.note = "; ".join(filter(None, [row.note, "ground truth has no objects"]))
         return
@@ -532,7 +531,7 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
             row = process_pair(pair, refiner, opts, guard, acc, pre)
             rows.append(row)
             if row.status == "failed":
-                LOG.warning("%s: %s", row.name, row.error)
+                LOG.warning("%s: %s [%s]", row.name, row.error, pair.image or pair.mask)
             if on_row is not None:
                 on_row(row)
             counts[row.status] += 1

@@ -353,7 +353,7 @@ def is_temp_file(path: str | os.PathLike) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name != "posix":  # on Windows os.kill(pid, 0) would terminate the process
         return True
     try:
         os.kill(pid, 0)
@@ -365,7 +365,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporary files left in ``folder`` (recursively) by writers that are no longer running."""
+    """Delete temporary files left in ``folder`` (recursively) by writers that are no longer running.
+
+    POSIX only; elsewhere leftovers are kept (they are never read as inputs or taken for outputs).
+    """
     removed = []
     folder = Path(folder)
     if not folder.is_dir():

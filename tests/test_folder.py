@@ -179,6 +179,25 @@ def test_image_and_mask_folders_matched_by_stem_keep_subfolders(tmp_path):
         f"{rel}.png" for rel in expected)
 
 
+def test_ground_truth_folder_is_matched_by_stem(tmp_path):
+    images, masks, gts = tmp_path / "im", tmp_path / "mk", tmp_path / "gt"
+    for d in (images / "s", masks / "s", gts / "s"):
+        d.mkdir(parents=True)
+    for rel, seed in [("a", 0), ("s/b", 1)]:
+        photo, gt, coarse = scene(48, 64, seed)
+        cv2.imwrite(str(images / f"{rel}.png"), photo)
+        cv2.imwrite(str(masks / f"{rel}.png"), coarse)
+        cv2.imwrite(str(gts / f"{rel}.png"), gt)
+    os.remove(gts / "s" / "b.png")  # a missing ground truth only leaves its metrics empty
+    s = refine_folder([images, masks], tmp_path / "o", gt=gts, refiner=ImageRefiner(), report=tmp_path / "r.csv",
+                      progress=False)
+    rows = {r["name"]: r for r in read_csv(tmp_path / "r.csv")}
+    assert s.count("done") == 2 and rows["a"]["iou_refined"] == "1.0" and rows["s/b"]["iou_refined"] == ""
+    assert 0 < float(rows["a"]["iou_coarse"]) < 1
+    with pytest.raises(ValueError, match="out: .* inside the input folder"):
+        refine_folder([images, masks], gts / "o", gt=gts, refiner=ImageRefiner(), progress=False)
+
+
 def test_mask_folder_nested_inside_image_folder_is_not_read_as_images(tmp_path):
     images = tmp_path / "photos"
     masks = images / "masks"
