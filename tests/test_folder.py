@@ -391,6 +391,11 @@ def test_label_maps_are_refined_per_id_and_written_back_like_the_input(tmp_path)
     assert float(row["iou_refined"]) == 1.0 and float(row["iou_coarse"]) < 1.0
     assert float(row["changed_fraction"]) == pytest.approx((coarse != ids).mean(), abs=1e-6)
     assert (tmp_path / "o" / "scene_overlay.jpg").exists()
+    ref = ImageRefiner()
+    s = refine_folder([src], tmp_path / "o", refiner=ref, labels=True, overlay=True, report=tmp_path / "r2.csv",
+                      progress=False)
+    assert s.count("skipped") == 1 and ref.calls == 0
+    assert read_csv(tmp_path / "r2.csv")[0]["iou_refined"] == "1.0"
 
 
 def test_binary_mode_warns_when_a_label_map_has_no_foreground(tmp_path):
