@@ -2,14 +2,13 @@
 
 Layouts (detected per root): DAVIS (``JPEGImages/<seq>/*.jpg`` + ``Annotations/<seq>/*.png``), the
 ``<name>_im.jpg`` + ``<name>_gt.png`` pairs of the CascadePSP test sets, and ``images/`` + ``masks/`` with
-matching stems. Split rule (shared with the refiner's training data): DAVIS holds out the last
-``val_sequences`` sequences in sorted order (frames of one sequence are correlated); other layouts send a
-name to validation when ``crc32(name) % 100 < 100 * val_fraction`` (deterministic, stable as files are added).
+matching stems. The split is the refiner's (so neither model validates on the other's training images): DAVIS
+holds out the last ``val_sequences`` sequences in sorted order (frames of one sequence are correlated); other
+layouts use :func:`cascadepsp.data.split_by_name` (the ``val_fraction`` of names with the smallest hash).
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from cascadepsp.data import split_by_name
 
 from .augment import IGNORE_INDEX, AugmentConfig, augment_pair, normalize
 
@@ -32,6 +33,7 @@ SPLITS = ("train", "val", "all")
 class Sample:
     """One image with its mask; ``group`` is the DAVIS sequence or the pair name (the unit of the split)."""
 
+    name: str
     image: Path
     mask: Path
     group: str
@@ -57,11 +59,6 @@ def _image_for(stem_path: Path) -> Path | None:
     return None
 
 
-def in_validation(name: str, val_fraction: float = 0.2) -> bool:
-    """Deterministic name-based validation membership (about ``val_fraction`` of names)."""
-    return zlib.crc32(name.encode("utf-8")) % 100 < round(100 * val_fraction)
-
-
 def _davis_samples(root: Path, split: str, sequences: Sequence[str] | None, val_sequences: int,
                    frame_step: int) -> list[Sample]:
     all_seqs = sorted(p.name for p in (root / "Annotations").iterdir() if p.is_dir())
@@ -78,16 +75,16 @@ def _davis_samples(root: Path, split: str, sequences: Sequence[str] | None, val_
         for mask in masks:
             image = _image_for(root / "JPEGImages" / seq / mask.stem)
             if image is not None:
-                samples.append(Sample(image, mask, seq))
+                samples.append(Sample(f"{seq}/{mask.stem}", image, mask, seq))
     return samples
 
 
 def _named_samples(pairs: list[tuple[str, Path, Path]], split: str, val_fraction: float) -> list[Sample]:
-    out = []
-    for name, image, mask in sorted(pairs):
-        if split == "all" or in_validation(name, val_fraction) == (split == "val"):
-            out.append(Sample(image, mask, name))
-    return out
+    samples = [Sample(name, image, mask, name) for name, image, mask in sorted(pairs)]
+    if split == "all":
+        return samples
+    train, val = split_by_name(samples, val_fraction)  # duck-typed: only ``.name`` is used
+    return list(val if split == "val" else train)
 
 
 def find_samples(root: str | Path, split: str = "train", *, sequences: Sequence[str] | None = None,

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from .inference import PSPNetSegmenter
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIXES = ("_coarse.png", "_refined.png", "_side_by_side.png")
 SEGMENTERS = ("pspnet", "u2netp")
@@ -26,7 +28,7 @@ class Segmenter(Protocol):
     def predict(self, image: Any, bgr: bool = False) -> np.ndarray: ...
 
 
-class MaskRefiner(Protocol):
+class MaskRefiner(Protocol):  # cascadepsp.Refiner
     def refine(self, image: Any, mask: Any, fast: bool = False, L: int = 900, threshold: float | None = None,
                bgr: bool = False) -> np.ndarray: ...
 
@@ -47,8 +49,6 @@ def build_segmenter(kind: str = "pspnet", *, pspnet_weights: str | os.PathLike |
                     onnx_path: str | os.PathLike | None = None, device: str | None = None) -> Segmenter:
     """A PSPNet (bundled default, a path, or a model) or U2-Netp (``onnx_path``) foreground segmenter."""
     if kind == "pspnet":
-        from .predict import PSPNetSegmenter
-
         return PSPNetSegmenter(pspnet_weights, device=device)
     if kind == "u2netp":
         if onnx_path is None:
@@ -143,7 +143,7 @@ def output_paths(stem: str, out_dir: Path) -> list[Path]:
 
 
 def process_image(path: Path, out_dir: Path, segmenter: Segmenter, refiner: MaskRefiner, fast: bool = False,
-                  protected: frozenset[Path] = frozenset(), stem: str | None = None) -> list[Path]:
+                  L: int = 900, protected: frozenset[Path] = frozenset(), stem: str | None = None) -> list[Path]:
     """Segment, refine and write the three PNGs of one image; returns the written paths."""
     targets = output_paths(stem or path.stem, out_dir)
     clash = [t for t in targets if t.resolve() in protected]
@@ -151,7 +151,7 @@ def process_image(path: Path, out_dir: Path, segmenter: Segmenter, refiner: Mask
         raise ValueError(f"output {clash[0]} would overwrite an input file")
     image = read_rgb(path)
     coarse = segmenter.predict(image) >= 0.5
-    refined = refiner.refine(image, coarse, fast=fast)
+    refined = refiner.refine(image, coarse, fast=fast, L=L)
     refined_fg = refined >= 128
     coarse_png = np.where(coarse, 255, 0).astype(np.uint8)
     for target, array in zip(targets, (coarse_png, refined, side_by_side(image, coarse, refined_fg)), strict=True):
@@ -160,7 +160,7 @@ def process_image(path: Path, out_dir: Path, segmenter: Segmenter, refiner: Mask
 
 
 def segment_and_refine(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, segmenter: Segmenter,
-                       refiner: MaskRefiner, fast: bool = False,
+                       refiner: MaskRefiner, fast: bool = False, L: int = 900,
                        log: Callable[[str], None] | None = print) -> RunReport:
     """Run :func:`process_image` on every image in ``inputs`` (files or folders); failures are collected."""
     out = Path(out_dir)
@@ -172,8 +172,8 @@ def segment_and_refine(inputs: Sequence[str | os.PathLike], out_dir: str | os.Pa
         report.failed.append((Path(out), "no input images found"))
     for path, stem in zip(images, output_stems(images), strict=True):
         try:
-            report.written[path] = process_image(path, out, segmenter, refiner, fast=fast, protected=protected,
-                                                 stem=stem)
+            report.written[path] = process_image(path, out, segmenter, refiner, fast=fast, L=L,
+                                                 protected=protected, stem=stem)
             if log:
                 log(f"ok   {path} -> {report.written[path][-1]}")
         except Exception as err:  # one bad file must not stop the batch

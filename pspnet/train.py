@@ -26,8 +26,8 @@ from cascadepsp.weights import resolve_device
 from .augment import IGNORE_INDEX, AugmentConfig
 from .config import PSPNetConfig
 from .data import Sample, SegmentationDataset, find_samples, load_image, load_mask
+from .inference import predict
 from .model import PSPNet
-from .predict import predict
 from .weights import save
 
 CHECKPOINT_NAME = "last.pt"

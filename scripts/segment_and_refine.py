@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--onnx", default=None, help="u2netp.onnx path (for --segmenter u2netp)")
     p.add_argument("--refiner-weights", default="default", help="refiner weights: 'default', 'official' or a path")
     p.add_argument("--fast", action="store_true", help="refine with the global step only")
+    p.add_argument("--L", type=int, default=900, help="refiner global-step long side and local window size")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when available)")
     return p.parse_args(argv)
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ImportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    report = segment_and_refine(args.images, args.out, segmenter, refiner, fast=args.fast)
+    report = segment_and_refine(args.images, args.out, segmenter, refiner, fast=args.fast, L=args.L)
     print(f"{len(report.written)} image(s) written to {args.out}, {len(report.failed)} failed")
     for path, msg in report.failed:
         print(f"failed: {path}: {msg}", file=sys.stderr)

@@ -9,7 +9,7 @@ import torch
 
 import pspnet
 from pspnet.augment import IGNORE_INDEX, MEAN_PIXEL, AugmentConfig, augment_pair, normalize, rotate_pair
-from pspnet.data import SegmentationDataset, find_samples, in_validation, load_mask
+from pspnet.data import SegmentationDataset, find_samples, load_mask
 from pspnet.synthetic import write_shapes_dataset
 from pspnet.train import (
     TrainConfig,
@@ -110,14 +110,18 @@ def test_find_samples_davis_split_holds_out_last_three_sequences(tmp_path):
         find_samples(tmp_path / "davis", "train", sequences=["nope"])
 
 
-def test_find_samples_pairs_split_is_deterministic_by_name(tmp_path):
+def test_find_samples_pairs_split_matches_the_refiners_split(tmp_path):
+    from cascadepsp.data import list_im_gt, split_by_name
+
     write_shapes_dataset(tmp_path / "pairs", count=40, size=(16, 16))
     val = find_samples(tmp_path / "pairs", "val")
     train_s = find_samples(tmp_path / "pairs", "train")
-    assert {s.group for s in val} == {f"s{i:03d}" for i in range(40) if in_validation(f"s{i:03d}")}
-    assert not {s.group for s in val} & {s.group for s in train_s} and len(val) + len(train_s) == 40
-    assert 2 <= len(val) <= 16
-    assert all(s.mask.name == f"{s.group}_gt.png" and s.image.name == f"{s.group}_im.png" for s in val)
+    assert len(val) == 8 and len(train_s) == 32 and not {s.name for s in val} & {s.name for s in train_s}
+    ref_train, ref_val = split_by_name(list_im_gt(tmp_path / "pairs"), 0.2)
+    assert {s.name for s in val} == {it.name for it in ref_val}
+    assert {s.name for s in train_s} == {it.name for it in ref_train}
+    assert [s.name for s in val] == [s.name for s in find_samples(tmp_path / "pairs", "val")]  # deterministic
+    assert all(s.mask.name == f"{s.name}_gt.png" and s.image.name == f"{s.name}_im.png" for s in val)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="data root"):
         find_samples(tmp_path / "empty")

@@ -1,0 +1,252 @@
+"""PSPNet inference (sliding window, shapes, classes) and the segment-then-refine pipeline and CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cascadepsp
+import pspnet
+from pspnet.config import PSPNetConfig
+from pspnet.pipeline import collect_images, output_stems, segment_and_refine, side_by_side
+from pspnet.inference import PSPNetSegmenter, sliding_window_probs, window_starts
+from pspnet.synthetic import shape_pair
+
+SMALL = {"head_channels": 32, "aux_channels": 16, "crop_size": 48, "base_size": 64}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run fastest single-threaded, and do not fight other processes for the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model() -> pspnet.PSPNet:
+    torch.manual_seed(0)
+    return pspnet.create("resnet18", classes=2, **SMALL)
+
+
+class PixelwiseNet(nn.Module):
+    """A stand-in whose logits at a pixel depend on that pixel only: windowing must not change the result."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.config = PSPNetConfig(encoder_name="resnet18", classes=classes)
+        self.w = nn.Parameter(torch.linspace(-1.0, 1.0, classes).view(1, classes, 1, 1))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.w * (x[:, :1] + 0.3 * x[:, 1:2])
+
+
+def test_window_starts_cover_the_length():
+    assert window_starts(10, 16, 11) == [0]
+    assert window_starts(16, 16, 11) == [0]
+    starts = window_starts(100, 32, 22)
+    assert starts[0] == 0 and starts[-1] == 100 - 32
+    assert all(0 < b - a <= 22 for a, b in zip(starts, starts[1:], strict=False))
+    covered = np.zeros(100, bool)
+    for s in starts:
+        covered[s:s + 32] = True
+    assert covered.all()
+
+
+def test_sliding_window_equals_whole_image_for_a_pixelwise_model():
+    net = PixelwiseNet(3).eval()
+    x = torch.randn(1, 3, 70, 95)
+    whole = torch.softmax(net(x), dim=1)[0]
+    net.calls = 0
+    windowed = sliding_window_probs(net, x, crop=32, stride=21, batch=3)
+    assert net.calls > 1 and windowed.shape == (3, 70, 95)
+    assert torch.allclose(windowed, whole, atol=1e-6)
+    small = sliding_window_probs(net, x[:, :, :20, :25], crop=32, stride=21)  # padded up to the crop
+    assert small.shape == (3, 20, 25) and torch.allclose(small, whole[:, :20, :25], atol=1e-6)
+    flipped = sliding_window_probs(net, x, crop=32, stride=21, flip=True)
+    assert torch.allclose(flipped, whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(65, 97), (200, 31), (30, 40)])
+def test_predict_shapes_and_types(model, hw):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    prob, mask = pspnet.predict(image, model)
+    assert prob.shape == hw and prob.dtype == np.float32 and mask.shape == hw and mask.dtype == np.uint8
+    assert 0.0 <= prob.min() and prob.max() <= 1.0 and set(np.unique(mask)) <= {0, 1}
+    assert np.array_equal(mask == 1, prob > 0.5) or np.mean((mask == 1) != (prob > 0.5)) < 1e-3
+
+
+def test_predict_uses_windows_for_images_larger_than_the_crop(model, monkeypatch):
+    calls = []
+    original = model.forward
+
+    def counting(x):
+        calls.append(tuple(x.shape))
+        return original(x)
+
+    monkeypatch.setattr(model, "forward", counting)
+    image = np.zeros((90, 180, 3), np.uint8)  # long side -> base 64: a 32x64 image, crop 48 -> 1x2 windows
+    pspnet.predict(image, model)
+    assert sum(c[0] for c in calls) == 2 and all(c[2:] == (48, 48) for c in calls)
+    calls.clear()
+    pspnet.predict(image, model, base_size=150, crop=48, stride=32)  # 75x150 -> 2 x 5 windows
+    assert sum(c[0] for c in calls) == 2 * 5
+    calls.clear()
+    pspnet.predict(image, model, flip=True)
+    assert sum(c[0] for c in calls) == 4
+
+
+def test_predict_multiclass_returns_class_probabilities():
+    torch.manual_seed(1)
+    net = pspnet.create("resnet18", classes=4, **SMALL)
+    image = np.random.default_rng(1).integers(0, 256, (41, 57, 3), dtype=np.uint8)
+    prob, mask = pspnet.predict(image, net)
+    assert prob.shape == (4, 41, 57) and np.allclose(prob.sum(0), 1.0, atol=1e-4)
+    assert np.array_equal(mask, prob.argmax(0))
+
+
+def test_predict_argument_errors_and_default_weights(model, tmp_path, monkeypatch):
+    image = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(ValueError, match="crop"):
+        pspnet.predict(image, model, crop=4)
+    with pytest.raises(ValueError, match="stride"):
+        pspnet.predict(image, model, crop=16, stride=17)
+    with pytest.raises(ValueError, match="image"):
+        pspnet.predict(np.zeros((20, 20, 4), np.uint8), model)
+    with pytest.raises(ValueError, match="model"):
+        pspnet.predict(image, 3)
+    import pspnet.inference as inference_module
+
+    monkeypatch.setattr(inference_module, "_CACHE", {})
+    monkeypatch.setattr(pspnet.weights, "bundled_path", lambda filename=None: tmp_path / "none.safetensors")
+    with pytest.raises(FileNotFoundError, match="default PSPNet weights"):
+        pspnet.predict(image)
+    path = pspnet.save(model, tmp_path / "w.safetensors")
+    prob_path, _ = pspnet.predict(image, str(path))
+    prob_model, _ = pspnet.predict(image, model)
+    assert np.allclose(prob_path, prob_model, atol=1e-5)
+
+
+def test_pspnet_segmenter_returns_foreground_probability(model):
+    seg = PSPNetSegmenter(model, device="cpu")
+    image = np.random.default_rng(2).integers(0, 256, (33, 44, 3), dtype=np.uint8)
+    assert np.allclose(seg.predict(image), pspnet.predict(image, model)[0])
+    with pytest.raises(ValueError, match="classes"):
+        PSPNetSegmenter(pspnet.create("resnet18", classes=3, **SMALL))
+
+
+# ---------------------------------------------------------------- segment + refine
+
+
+@pytest.fixture(scope="module")
+def refiner() -> cascadepsp.Refiner:
+    torch.manual_seed(0)
+    return cascadepsp.Refiner(device="cpu", weights=cascadepsp.create_model("resnet18"))
+
+
+def _write_images(folder: Path, n: int, size=(40, 52)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(n):
+        image, _ = shape_pair(rng, *size)
+        p = folder / f"img{i}.png"
+        cv2.imwrite(str(p), image[:, :, ::-1])
+        paths.append(p)
+    return paths
+
+
+class HalfSegmenter:
+    """Foreground = the left half: a non-trivial coarse mask for the refiner, independent of any weights."""
+
+    def predict(self, image, bgr=False):
+        prob = np.zeros(image.shape[:2], np.float32)
+        prob[:, : image.shape[1] // 2] = 0.9
+        return prob
+
+
+def test_segment_and_refine_end_to_end_with_tiny_models(model, refiner, tmp_path):
+    inputs = _write_images(tmp_path / "in", 2)
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"not an image")
+    before = {p: p.read_bytes() for p in (tmp_path / "in").iterdir()}
+    report = segment_and_refine([tmp_path / "in"], tmp_path / "out", PSPNetSegmenter(model), refiner,
+                                fast=True, L=80, log=None)
+    assert [p.name for p, _ in report.failed] == ["broken.jpg"] and not report.ok
+    assert set(report.written) == set(inputs)
+    for p in inputs:
+        coarse = cv2.imread(str(tmp_path / "out" / f"{p.stem}_coarse.png"), cv2.IMREAD_UNCHANGED)
+        refined = cv2.imread(str(tmp_path / "out" / f"{p.stem}_refined.png"), cv2.IMREAD_UNCHANGED)
+        sbs = cv2.imread(str(tmp_path / "out" / f"{p.stem}_side_by_side.png"), cv2.IMREAD_UNCHANGED)
+        assert coarse.shape == refined.shape == (40, 52) and coarse.dtype == np.uint8
+        assert set(np.unique(coarse)) <= {0, 255}
+        assert sbs.shape == (40, 3 * 52 + 8, 3)
+    assert {p: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before  # inputs untouched
+    assert not list((tmp_path / "out").glob("*.tmp")) and not list((tmp_path / "out").glob(".*"))
+
+
+def test_segment_and_refine_full_refinement_changes_a_coarse_mask(refiner, tmp_path):
+    inputs = _write_images(tmp_path / "in", 1, size=(48, 64))
+    report = segment_and_refine(inputs, tmp_path / "out", HalfSegmenter(), refiner, fast=False, L=80, log=None)
+    assert report.ok
+    coarse = cv2.imread(str(tmp_path / "out" / "img0_coarse.png"), cv2.IMREAD_UNCHANGED)
+    assert (coarse[:, :32] == 255).all() and (coarse[:, 32:] == 0).all()
+
+
+def test_outputs_never_overwrite_inputs_and_duplicate_stems_get_suffixes(refiner, tmp_path):
+    a = _write_images(tmp_path / "a", 1)[0]
+    b = _write_images(tmp_path / "b", 1)[0]  # same stem "img0" in another folder
+    victim = tmp_path / "a" / "img0_coarse.png"  # an input whose name is an output of img0
+    cv2.imwrite(str(victim), np.full((10, 10, 3), 7, np.uint8))
+    original = victim.read_bytes()
+    report = segment_and_refine([a, victim, b], tmp_path / "a", HalfSegmenter(), refiner, fast=True, L=80,
+                                log=None)
+    assert victim.read_bytes() == original
+    assert [p for p, _ in report.failed] == [a] and "overwrite an input" in report.failed[0][1]
+    assert (tmp_path / "a" / "img0-2_refined.png").is_file()  # b's outputs, disambiguated
+    assert output_stems([Path("x/i.png"), Path("y/i.jpg"), Path("z/i.png")]) == ["i", "i-2", "i-3"]
+    # A later folder run in the same place skips our own outputs but keeps real inputs.
+    assert {p.name for p in collect_images([tmp_path / "a"], tmp_path / "a")} == {"img0.png"}
+
+
+def test_side_by_side_downscales_large_panels():
+    image = np.zeros((300, 400, 3), np.uint8)
+    mask = np.zeros((300, 400), bool)
+    mask[:, :200] = True
+    out = side_by_side(image, mask, mask, max_side=100)
+    assert out.shape == (75, 3 * 100 + 8, 3)
+    assert out[:, 104 + 10, 1].mean() > out[:, 104 + 90, 1].mean()  # the tinted half of the coarse overlay
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_with_weight_files(model, tmp_path, capsys):
+    cli = _load_script("segment_and_refine")
+    psp_path = pspnet.save(model, tmp_path / "psp.safetensors")
+    torch.manual_seed(0)
+    rm_path = cascadepsp.save_model(cascadepsp.create_model("resnet18"), tmp_path / "rm.safetensors")
+    inputs = _write_images(tmp_path / "in", 1)
+    args = [str(inputs[0]), "--out", str(tmp_path / "out"), "--pspnet-weights", str(psp_path),
+            "--refiner-weights", str(rm_path), "--fast", "--L", "80", "--device", "cpu"]
+    assert cli.main(args) == 0
+    assert (tmp_path / "out" / "img0_side_by_side.png").is_file()
+    assert cli.main(args[:1] + [str(tmp_path / "missing.png")] + args[1:]) == 1
+    assert "missing.png" in capsys.readouterr().err
+    bad_weights = args[:4] + [str(tmp_path / "nope.safetensors")] + args[5:]
+    assert cli.main(bad_weights) == 2
+    assert cli.main([str(inputs[0]), "--out", str(tmp_path / "o2"), "--segmenter", "u2netp"]) == 2
