@@ -31,7 +31,7 @@ from . import imageio
 from .labels import refine_label_map
 from .metrics import SegMetrics, boundary_accuracy, mask_iou
 from .overlay import make_overlay
-from .refiner import Refiner, _check_L
+from .refiner import Refiner, check_L
 
 LOG = logging.getLogger("cascadepsp.folder")
 MAX_LABELS = 255  # more distinct ids than this in --labels mode is almost surely a soft mask, not a label map
@@ -491,7 +491,7 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
         raise ValueError("threshold: not used with labels (a refined label map is always hard)")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold: expected a value in [0, 1], got {threshold}")
-    L = _check_L(L)
+    L = check_L(L)
     if limit is not None and limit < 1:
         raise ValueError(f"limit: expected a positive integer, got {limit}")
     if report is not None and Path(report).suffix.lower() not in (".csv", ".json"):

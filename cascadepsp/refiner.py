@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import inference
+from .fast import FastOptions, FastRunner
 from .inputs import check_same_size, to_binary_mask, to_rgb_uint8
 from .weights import create_model, load_model, resolve_device
 
@@ -25,7 +26,8 @@ def _resolve_model(weights: WeightsArg) -> nn.Module:
     return load_model(weights)
 
 
-def _check_L(L: int) -> int:
+def check_L(L: int) -> int:
+    """Validate the global-step side / window size ``L``."""
     smallest = 4 * inference.WINDOW_PADDING + 8  # the local-step stride L//2 - 2*16 must stay positive
     if not isinstance(L, (int, np.integer)) or isinstance(L, bool) or L < smallest:
         raise ValueError(f"L: expected an integer >= {smallest}, got {L!r}")
@@ -46,11 +48,23 @@ class Refiner:
     ``weights``: ``None``/``"default"`` (bundled), ``"official"`` (original checkpoint in its default
     location), a path (``.safetensors`` of ours or the official torch file), ``"random"`` (untrained,
     for tests), or an ``nn.Module``. ``device=None`` picks CUDA when available.
+
+    ``mode="fast"`` (default) batches windows, uses bf16 on CUDA and bounded memory; ``mode="reference"``
+    is the original one-window-at-a-time fp32 pipeline. ``batch_size``, ``precision`` and ``channels_last``
+    tune the fast path (``None``/``"auto"`` pick per device); ``compile=True`` wraps the model in
+    ``torch.compile`` (slow first call, faster afterwards).
     """
 
-    def __init__(self, device: str | torch.device | None = None, weights: WeightsArg = None) -> None:
+    def __init__(self, device: str | torch.device | None = None, weights: WeightsArg = None, *,
+                 mode: str = "fast", batch_size: int | None = None, precision: str = "auto",
+                 channels_last: bool | None = None, compile: bool = False) -> None:
+        if mode not in ("fast", "reference"):
+            raise ValueError(f"mode: expected 'fast' or 'reference', got {mode!r}")
         self.device = resolve_device(device)
+        self.mode = mode
         self.model = _resolve_model(weights).to(self.device).eval()
+        options = FastOptions(batch_size=batch_size, precision=precision, channels_last=channels_last)
+        self._runner = FastRunner(torch.compile(self.model) if compile else self.model, self.device, options)
 
     @torch.inference_mode()
     def refine_probability(self, image: Any, mask: Any, fast: bool = False, L: int = 900, bgr: bool = False
@@ -59,11 +73,13 @@ class Refiner:
         rgb = to_rgb_uint8(image, bgr=bgr)
         fg = to_binary_mask(mask)
         check_same_size(rgb, fg)
-        L = _check_L(L)
+        L = check_L(L)
         if not fg.any():  # nothing to refine: an empty mask stays empty
             return np.zeros(fg.shape, np.float32)
         if fg.all():
             return np.ones(fg.shape, np.float32)
+        if self.mode == "fast":
+            return self._runner.refine(rgb, fg, L=L, fast=fast)
         im = inference.image_to_tensor(rgb, self.device)
         seg = inference.mask_to_tensor(fg, self.device)
         if fast:

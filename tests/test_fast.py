@@ -1,0 +1,81 @@
+"""The fast path agrees with the reference path and its pieces behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_scene
+
+from cascadepsp import Refiner
+from cascadepsp.fast import FastOptions
+from cascadepsp.resize import bilinear_crop
+
+
+@pytest.mark.parametrize("h,w,H,W", [(90, 120, 400, 533), (113, 57, 900, 450), (37, 53, 37, 53), (60, 90, 61, 91)])
+def test_bilinear_crop_matches_interpolate(h, w, H, W):
+    small = torch.rand(h, w, generator=torch.Generator().manual_seed(0))
+    full = F.interpolate(small[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+    crop = bilinear_crop(small, H, W, H // 3, H - 2, W // 5, W)
+    assert torch.allclose(bilinear_crop(small, H, W, 0, H, 0, W), full, atol=1e-4)
+    assert torch.allclose(crop, full[H // 3:H - 2, W // 5:], atol=1e-4)
+
+
+def _pair(model, **fast_kw):
+    return (Refiner(device="cpu", weights=model, mode="reference"),
+            Refiner(device="cpu", weights=model, mode="fast", **fast_kw))
+
+
+@pytest.mark.parametrize("size,L", [((150, 260), 96), ((70, 90), 96), ((96, 96), 96), ((61, 203), 80)])
+def test_fast_fp32_equals_reference(small_model, size, L):
+    image, mask = make_scene(*size, seed=1)
+    ref, fast = _pair(small_model, batch_size=3, precision="fp32")
+    a = ref.refine_probability(image, mask, L=L)
+    b = fast.refine_probability(image, mask, L=L)
+    assert a.shape == b.shape == size
+    diff = np.abs(a - b)
+    assert diff.max() < 1 / 255  # float16 accumulators are the only rounding
+    assert np.array_equal(ref.refine(image, mask, L=L, fast=True), fast.refine(image, mask, L=L, fast=True))
+
+
+def test_batch_size_does_not_change_the_result(small_model):
+    image, mask = make_scene(150, 260, seed=2)
+    one = Refiner(device="cpu", weights=small_model, batch_size=1).refine_probability(image, mask, L=96)
+    four = Refiner(device="cpu", weights=small_model, batch_size=4).refine_probability(image, mask, L=96)
+    assert np.abs(one - four).max() < 1e-3
+
+
+def test_windows_are_batched(small_model):
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, seg, inter_s8=None, inter_s4=None):
+            calls.append(x.shape[0])
+            return self.inner(x, seg, inter_s8, inter_s4)
+
+    image, mask = make_scene(150, 260, seed=3)
+    Refiner(device="cpu", weights=Counting(small_model), batch_size=4).refine(image, mask, L=96)
+    assert calls[0] == 1 and max(calls[1:]) > 1 and all(b <= 4 for b in calls)
+
+
+def test_bf16_on_cpu_is_close(small_model):
+    image, mask = make_scene(96, 128, seed=4)
+    ref = Refiner(device="cpu", weights=small_model, precision="fp32").refine_probability(image, mask, L=96)
+    low = Refiner(device="cpu", weights=small_model, precision="bf16").refine_probability(image, mask, L=96)
+    assert low.dtype == np.float32 and np.abs(ref - low).mean() < 0.05
+
+
+@pytest.mark.parametrize("kwargs,message", [({"precision": "int8"}, "precision"), ({"batch_size": 0}, "batch_size")])
+def test_bad_fast_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FastOptions(**kwargs)
+
+
+def test_bad_mode(small_model):
+    with pytest.raises(ValueError, match="mode"):
+        Refiner(device="cpu", weights=small_model, mode="turbo")
