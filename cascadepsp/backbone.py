@@ -50,18 +50,19 @@ class ResNetExtractor(nn.Module):
 
     def __init__(self, config: RMConfig) -> None:
         super().__init__()
-        self.inplanes = 64
+        w = config.base_width
+        self.inplanes = w
         self._kind = config.block_type
         self._expansion = config.expansion
-        self.conv1 = nn.Conv2d(config.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(config.in_channels, w, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         n1, n2, n3, n4 = config.layers
-        self.layer1 = self._make_layer(64, n1)
-        self.layer2 = self._make_layer(128, n2, stride=2)
-        self.layer3 = self._make_layer(256, n3, stride=1, dilation=2)
-        self.layer4 = self._make_layer(512, n4, stride=1, dilation=4)
+        self.layer1 = self._make_layer(w, n1)
+        self.layer2 = self._make_layer(2 * w, n2, stride=2)
+        self.layer3 = self._make_layer(4 * w, n3, stride=1, dilation=2)
+        self.layer4 = self._make_layer(8 * w, n4, stride=1, dilation=4)
         self.reset_parameters()
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:

@@ -23,6 +23,7 @@ class RMConfig:
     """
 
     backbone: str = "resnet50"
+    base_width: int = 64  # stem / layer1 width of the ResNet (64 = standard; layers use 1x, 2x, 4x, 8x)
     psp_sizes: tuple[int, ...] = (1, 2, 3, 6)
     psp_out: int = 1024  # channels after the PSP bottleneck (OS8)
     up_channels: tuple[int, int, int] = (512, 256, 32)  # outputs of up_1 (OS4), up_2 (OS2), up_3 (OS1)
@@ -49,12 +50,17 @@ class RMConfig:
     @property
     def feature_channels(self) -> int:
         """Channels of the layer4 (OS8) features fed to the PSP module."""
-        return 512 * self.expansion
+        return 8 * self.base_width * self.expansion
 
     @property
     def skip_channels(self) -> int:
         """Channels of the layer1 (OS4) skip feature."""
-        return 64 * self.expansion
+        return self.base_width * self.expansion
+
+    @property
+    def stem_channels(self) -> int:
+        """Channels of the conv1 (OS2) skip feature."""
+        return self.base_width
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -84,9 +90,13 @@ class RMConfig:
 PRESETS: dict[str, RMConfig] = {
     # The official network, loadable from the released checkpoint.
     "resnet50": RMConfig(),
-    # Small networks we train from scratch and ship (about 14.0 M and 24.1 M parameters).
+    # Small networks for training from scratch (about 14.0 M and 24.1 M parameters).
     "resnet18": RMConfig(backbone="resnet18", psp_out=256, up_channels=(128, 64, 32)),
     "resnet34": RMConfig(backbone="resnet34", psp_out=256, up_channels=(128, 64, 32)),
+    # Half-width ResNet-18 layout with a narrow decoder (3.5 M parameters): the network we can afford to
+    # train on a 2-core CPU and the one shipped as bundled default weights.
+    "resnet18_slim": RMConfig(backbone="resnet18", base_width=32, psp_out=128, up_channels=(64, 32, 16),
+                              head_hidden=16),
 }
 
 

@@ -76,7 +76,7 @@ class RefinementModule(nn.Module):
         self.feats = ResNetExtractor(cfg)
         self.psp = PSPModule(feat, psp_out, cfg.psp_sizes)
         self.up_1 = PSPUpsample(psp_out, psp_out + cfg.skip_channels, c1)
-        self.up_2 = PSPUpsample(c1, c1 + 64, c2)
+        self.up_2 = PSPUpsample(c1, c1 + cfg.stem_channels, c2)
         self.up_3 = PSPUpsample(c2, c2 + 3, c3)
         self.final_28 = nn.Sequential(nn.Conv2d(psp_out, hid, 1), nn.ReLU(inplace=True), nn.Conv2d(hid, 1, 1))
         self.final_56 = nn.Sequential(nn.Conv2d(c1, hid, 1), nn.ReLU(inplace=True), nn.Conv2d(hid, 1, 1))
