@@ -516,9 +516,8 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
             yield batch_keys(step, self.n_items, self.batch_size, self.seed)
 
 
-def worker_init(_: int) -> None:
-    """DataLoader worker setup: one OpenCV thread per worker (the workers already run in parallel)."""
-    cv2.setNumThreads(1)
+# Note: DataLoader workers must not call cv2.setNumThreads(): after a fork from a parent whose OpenCV thread
+# pool has run (e.g. the preload), reconfiguring the pool waits forever on threads that did not survive the fork.
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -271,7 +271,8 @@ class Trainer:
         sampler = D.StepBatchSampler(len(self.data.train), cfg.batch_size, cfg.seed, start, stop)
         kw: dict[str, Any] = {}
         if cfg.num_workers > 0:
-            kw = {"worker_init_fn": D.worker_init, "prefetch_factor": 4, "persistent_workers": False}
+            # timeout: a wedged worker becomes an error instead of a silent hang
+            kw = {"prefetch_factor": 4, "persistent_workers": False, "timeout": 300}
         return DataLoader(self.data.train, batch_sampler=sampler, num_workers=cfg.num_workers,
                           pin_memory=self.device.type == "cuda", **kw)
 

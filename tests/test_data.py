@@ -175,10 +175,12 @@ def test_batch_order_depends_only_on_step():
 
 def test_loader_batches_do_not_depend_on_worker_count(folder, tmp_path):
     ds = make_dataset(folder, tmp_path, seed=2)
-    ds.store.preload(1)
+    ds.store.preload(2)
+    # Run OpenCV's thread pool in this process first: workers forked after that used to hang (regression).
+    cv2.resize(np.zeros((1500, 2000, 3), np.uint8), (700, 500), interpolation=cv2.INTER_AREA)
     batches = {}
     for workers in (0, 2):
-        kw = {"worker_init_fn": D.worker_init} if workers else {}
+        kw = {"timeout": 60} if workers else {}
         loader = DataLoader(ds, batch_sampler=D.StepBatchSampler(len(ds), 2, 0, 4, 7), num_workers=workers, **kw)
         batches[workers] = [b["image"] for b in loader]
     assert len(batches[0]) == 3
