@@ -1,7 +1,12 @@
 """PSPNet (Zhao et al., CVPR 2017) on a dilated output-stride-8 encoder from segmentation_models_pytorch.
 
-Unlike smp's own ``PSPNet`` (which reaches stride 8 by cutting the encoder after stage 3), this keeps the
-full encoder and dilates its last two stages, as the paper and the hszhao/semseg reference do.
+How it differs from smp's own ``PSPNet``: smp reaches stride 8 by cutting the encoder after stage 3
+(``encoder_depth=3``), uses a 1x1 conv + Dropout 0.2 after the pyramid and a 3x3 classifier, and its
+optional "aux" output is an image-level classification head. Here, as in the paper and hszhao/semseg, the
+whole encoder is kept and its last two stages are dilated (``output_stride=8``), the pyramid output is
+followed by a 3x3 conv-BN-ReLU + Dropout2d 0.1 + 1x1 classifier, and a dense auxiliary segmentation head on
+stage 3 adds 0.4 x its loss in training. Unlike semseg: torchvision's 7x7 stem (no "deep base"), no BN on the
+1x1 pyramid bin (so batch size 1 trains), ``align_corners=False`` and any input size.
 """
 
 from __future__ import annotations

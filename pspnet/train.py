@@ -324,8 +324,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-        if step % 10 == 0 or step == cfg.iters:
-            log({"event": "train", "time_s": round(time.monotonic() - start, 1), **record})
+        log({"event": "train", "time_s": round(time.monotonic() - start, 2), **record})
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
         if cfg.val_every and step % cfg.val_every == 0 and val_samples:

@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", default="resnet18", help="segmentation_models_pytorch encoder name")
     p.add_argument("--classes", type=int, default=2)
     p.add_argument("--mask-mode", choices=("binary", "labels"), default="binary")
+    p.add_argument("--head-channels", type=int, default=512, help="width of the 3x3 conv after pyramid pooling")
     p.add_argument("--crop", type=int, default=320)
     p.add_argument("--base-size", type=int, default=512, help="long side images are scaled to before augmenting")
     p.add_argument("--batch", type=int, default=8)
@@ -33,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-max-images", type=int, default=60)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this long")
+    p.add_argument("--stop-at-step", type=int, default=None,
+                   help="stop (with a checkpoint) at this step; the poly schedule still spans --iters")
     p.add_argument("--frame-step", type=int, default=1, help="use every n-th DAVIS frame")
     p.add_argument("--sequences", nargs="*", default=None, help="restrict DAVIS to these sequences")
     p.add_argument("--seed", type=int, default=0)
@@ -48,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(data=tuple(args.data), out_dir=args.out, encoder_name=args.encoder, classes=args.classes,
+                      head_channels=args.head_channels,
                       mask_mode=args.mask_mode, crop_size=args.crop, base_size=args.base_size,
                       batch_size=args.batch, iters=args.iters, lr=args.lr, workers=args.workers,
                       val_every=args.val_every, val_max_images=args.val_max_images,
                       checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
+                      stop_at_step=args.stop_at_step,
                       frame_step=args.frame_step, sequences=tuple(args.sequences) if args.sequences else None,
                       seed=args.seed, device=args.device, resume=not args.no_resume, amp=not args.no_amp)
     result = train(cfg)

@@ -14,8 +14,8 @@ from torch import nn
 import cascadepsp
 import pspnet
 from pspnet.config import PSPNetConfig
-from pspnet.pipeline import collect_images, output_stems, segment_and_refine, side_by_side
 from pspnet.inference import PSPNetSegmenter, sliding_window_probs, window_starts
+from pspnet.pipeline import collect_images, output_stems, segment_and_refine, side_by_side
 from pspnet.synthetic import shape_pair
 
 SMALL = {"head_channels": 32, "aux_channels": 16, "crop_size": 48, "base_size": 64}

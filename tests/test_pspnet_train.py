@@ -278,3 +278,24 @@ def test_resume_rejects_a_checkpoint_of_another_architecture(shapes_root, tmp_pa
     changed = dict(common, head_channels=32)
     with pytest.raises(ValueError, match="model config"):
         train(TrainConfig(**changed))
+
+
+def test_train_script_runs_and_resumes(shapes_root, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "train_pspnet", Path(__file__).resolve().parents[1] / "scripts" / "train_pspnet.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    n = torch.get_num_threads()
+    args = ["--data", str(shapes_root), "--out", str(tmp_path / "cli"), "--encoder", "resnet18", "--crop", "32",
+            "--base-size", "48", "--batch", "4", "--iters", "3", "--workers", "0", "--head-channels", "32",
+            "--val-max-images", "2", "--threads", str(n)]
+    assert script.main(args + ["--stop-at-step", "2"]) == 0
+    assert "stopped early at step 2/3" in capsys.readouterr().out
+    assert script.main(args) == 0
+    out = capsys.readouterr().out
+    assert "finished at step 3/3" in out and "validation mIoU" in out
+    model, meta = pspnet.load_with_metadata(tmp_path / "cli" / "final.safetensors")
+    assert model.config.head_channels == 32 and meta["step"] == "3"
