@@ -165,20 +165,19 @@ class Loaded:
 class ImageStore:
     """Decoded, size-capped arrays of a list of items, cached on first use (or all at once with ``preload``).
 
-    Preload in the main process before DataLoader workers fork, so they share the cache instead of each
-    decoding their own copy.
+    Items repeated in the list (to weight a source up) share one cache entry. Preload in the main process
+    before DataLoader workers fork, so they share the cache instead of each decoding their own copy.
     """
 
     def __init__(self, items: Sequence[Item], max_side: int | None = 640) -> None:
         self.items = list(items)
         self.max_side = max_side
-        self._cache: dict[int, Loaded] = {}
+        self._cache: dict[Item, Loaded] = {}
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _load(self, i: int) -> Loaded:
-        it = self.items[i]
+    def _load(self, it: Item) -> Loaded:
         image = load_rgb(it.image, self.max_side)
         size = image.shape[:2]
         gt = load_mask(it.mask, size)
@@ -186,17 +185,18 @@ class ImageStore:
         return Loaded(image, gt, coarse)
 
     def get(self, i: int) -> Loaded:
-        got = self._cache.get(i)
+        it = self.items[i]
+        got = self._cache.get(it)
         if got is None:
-            got = self._cache[i] = self._load(i)
+            got = self._cache[it] = self._load(it)
         return got
 
     def preload(self, threads: int = 4) -> None:
         """Decode every item now (cv2 releases the GIL, so a few threads help)."""
-        todo = [i for i in range(len(self.items)) if i not in self._cache]
+        todo = list(dict.fromkeys(it for it in self.items if it not in self._cache))
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            for i, loaded in zip(todo, pool.map(self._load, todo), strict=True):
-                self._cache[i] = loaded
+            for it, loaded in zip(todo, pool.map(self._load, todo), strict=True):
+                self._cache[it] = loaded
 
     def nbytes(self) -> int:
         return sum(x.image.nbytes + x.gt.nbytes + (0 if x.coarse is None else x.coarse.nbytes)

@@ -145,9 +145,12 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
                             "train": len(dv_train), "val": len(val_items["davis"])}
     if not train_items:
         raise ValueError("TrainConfig: give at least one data source (human_seg or davis)")
+    t0 = time.perf_counter()
     store = D.ImageStore(train_items, cfg.max_side)
     store.preload(preload_threads)
     backgrounds = D.load_backgrounds(cfg.backgrounds, cfg.background_max_side) if cfg.backgrounds else []
+    summary["cache_mib"] = round(store.nbytes() / 2**20, 1)
+    summary["load_seconds"] = round(time.perf_counter() - t0, 1)
     summary["backgrounds"] = {"path": cfg.backgrounds, "count": len(backgrounds)}
     summary["train_items"] = len(train_items)
     train = D.RefineTrainDataset(store, backgrounds, cfg.augment, cfg.seed)
@@ -184,11 +187,14 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, data: DataBundle | None = None) -> None:
+        self._t_created = time.perf_counter()  # the time budget counts from here (data loading included)
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.use_amp = cfg.amp and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
         self.out_dir = Path(cfg.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.data = data if data is not None else build_data(cfg)
@@ -346,14 +352,14 @@ class Trainer:
 
     def run(self, max_steps: int | None = None, max_minutes: float | None = None) -> dict[str, Any]:
         """Train from the current step to ``cfg.iterations`` (or ``max_steps`` more steps, or until the time
-        budget would be exceeded), checkpointing, validating and logging on the way.
+        budget, counted from this Trainer's construction, would be exceeded), checkpointing, validating and
+        logging on the way. A checkpoint is always saved on return; the final model is exported when done.
 
         Returns ``{"step", "finished", "losses" (total per step run), "sec_per_it", "data_sec_per_it"}``.
         """
         cfg = self.cfg
         budget = max_minutes if max_minutes is not None else cfg.max_minutes
-        t_start = time.perf_counter()
-        deadline = t_start + budget * 60 if budget else math.inf
+        deadline = self._t_created + budget * 60 if budget else math.inf
         stop = cfg.iterations if max_steps is None else min(cfg.iterations, self.step + max_steps)
         self._open_tensorboard()
         template = self._log_columns()

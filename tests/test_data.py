@@ -95,9 +95,13 @@ def test_davis_listing_and_sequence_split(tmp_path):
 
 
 def test_store_caps_size_and_backgrounds_are_downscaled(folder, tmp_path):
-    store = D.ImageStore(D.list_im_gt(folder), max_side=48)
+    items = D.list_im_gt(folder)
+    store = D.ImageStore(items * 3, max_side=48)  # repeated items share one cache entry
+    store.preload(2)
     x = store.get(0)
     assert max(x.image.shape[:2]) == 48 and x.image.shape[:2] == x.gt.shape and x.image.dtype == np.uint8
+    assert store.get(len(items)) is x and len(store) == 18
+    assert store.nbytes() == sum(store.get(i).image.nbytes + store.get(i).gt.nbytes for i in range(len(items)))
     bgs = D.load_backgrounds(green_backgrounds(tmp_path / "bg"), max_side=100)
     assert [max(b.shape[:2]) for b in bgs] == [100, 100]
     assert bgs[0][..., 1].mean() > 100 and bgs[0][..., 0].mean() < 10  # decoded as RGB
