@@ -392,7 +392,9 @@ class Trainer:
                     data_time += t1 - t0
                     step_time += t2 - t0
                     n_timed += 1
-                est_step = (t2 - t0) if first else max(est_step * 0.9 + (t2 - t0) * 0.1, t2 - t0)
+                # Step-time estimate for the budget: the first step (start-up) only until a steady one is seen.
+                dt = t2 - t0
+                est_step = dt if first or n_timed == 1 else max(est_step * 0.9 + dt * 0.1, dt)
                 first = False
                 for k, v in values.items():
                     acc[k] = acc.get(k, 0.0) + v
