@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)")
     r.add_argument("--weights", default="default",
                    help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
+    r.add_argument("--mode", choices=["fast", "reference"], default="fast",
+                   help="fast (batched, bounded memory; default) or reference (the original's exact loop)")
+    r.add_argument("--batch-size", type=_positive, help="windows per model call (default: automatic)")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="fast-path precision (auto: bf16 on CUDA, fp32 on CPU)")
+    r.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
     r.add_argument("--threshold", type=_threshold, nargs="?", const=0.5, default=None, metavar="T",
                    help="write binary 0/255 masks (probability >= T, default 0.5) instead of soft 0-255 masks")
     r.add_argument("--labels", action="store_true",
@@ -93,10 +99,18 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     from .folder import refine_folder
 
     _setup_logging(args.verbose)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .refiner import Refiner
+
+    refiner = Refiner(device=args.device, weights=args.weights, mode=args.mode, batch_size=args.batch_size,
+                      precision=args.precision)
     seen: list[str] = []
     try:
         summary = refine_folder(
-            args.inputs, args.out, device=args.device, weights=args.weights, gt=args.gt, fast=args.fast,
+            args.inputs, args.out, refiner=refiner, gt=args.gt, fast=args.fast,
             L=args.L, threshold=args.threshold, labels=args.labels, overlay=args.overlay, resume=args.resume,
             limit=args.limit, report=args.report, progress=args.progress, on_row=lambda r: seen.append(r.status))
     except KeyboardInterrupt:
