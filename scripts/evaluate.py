@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cascadepsp.data import split_by_name
 from cascadepsp.evaluation import (
     COARSE,
     REFINER,
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"exact comma-separated method list instead of {REFINER} + --baselines, e.g. "
                         f"'{COARSE},guided,morph' to leave the network out")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N triplets")
+    p.add_argument("--split", choices=["all", "train", "val"], default="all",
+                   help="for a flat folder: keep the training or validation part of the refiner's name-hash "
+                        "split (cascadepsp.data.split_by_name, 20%% validation)")
     p.add_argument("--out-csv", default=None, help="write per-image metrics here")
     p.add_argument("--figure", default=None, help="write a PNG of the worst and best cases here")
     args = p.parse_args(argv)
@@ -60,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         samples = davis_triplets(args.davis, seqs)
     elif args.dir:
         samples = find_triplets(args.dir)
+        if args.split != "all":
+            train, val = split_by_name(samples)
+            samples = val if args.split == "val" else train
     else:
         samples = match_folders(args.image_dir, args.seg_dir, args.gt_dir)
     if args.methods is not None:
