@@ -29,8 +29,8 @@ class WeightSpec:
 
 
 REGISTRY: dict[str, WeightSpec] = {
-    "default": WeightSpec("default", "small ResNet-18 refiner trained by this project (bundled)",
-                          filename="cascadepsp_r18.safetensors"),
+    "default": WeightSpec("default", "half-width ResNet-18 refiner (resnet18_slim) trained by this project (bundled)",
+                          filename="cascadepsp_r18_slim.safetensors"),
     "official": WeightSpec("official", "original CascadePSP ResNet-50 checkpoint (user-provided / downloaded)",
                            official=True),
 }
