@@ -9,6 +9,15 @@ import torch
 import cascadepsp
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models run fastest single-threaded and do not fight other processes for the CPU (opt in per module)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def small_model() -> cascadepsp.RefinementModule:
     """A randomly initialised ResNet-18 refiner (fast on CPU)."""

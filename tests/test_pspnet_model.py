@@ -12,13 +12,7 @@ from pspnet import PSPNet, PSPNetConfig, PyramidPooling
 SMALL = {"head_channels": 32, "aux_channels": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest single-threaded, and do not fight other processes for the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(autouse=True)

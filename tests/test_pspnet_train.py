@@ -27,13 +27,7 @@ TINY = {"encoder_name": "resnet18", "head_channels": 64, "aux_channels": 32, "cr
         "batch_size": 4, "workers": 0, "progress": False, "val_max_images": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest single-threaded, and do not fight other processes for the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------- schedule and optimiser

@@ -37,13 +37,7 @@ def write_folder(root: Path, n: int = 6) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is small and shared: intra-op threads fight each other, so run these on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
