@@ -1,0 +1,62 @@
+"""Segment evaluation images with PSPNet and write them in the ``<name>_im / _seg / _gt`` layout.
+
+The output folder can then be scored with ``scripts/evaluate.py OUT`` (PSPNet's own masks as coarse input).
+Takes the same selections as evaluate.py (a flat folder with ``--split``, or DAVIS sequences).
+
+    python scripts/make_coarse_masks.py --davis ../shared/data/davis2016 --sequences parkour,scooter-black,soapbox --out /tmp/psp_davis
+    python scripts/make_coarse_masks.py ../shared/data/human_seg --split val --out /tmp/psp_human
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+import pspnet
+from cascadepsp.data import split_by_name
+from cascadepsp.evaluation import davis_triplets, find_triplets
+from cascadepsp.imageio import encode_png, write_atomic
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dir", nargs="?", help="flat folder of <name>_im / _seg / _gt")
+    p.add_argument("--split", choices=["all", "train", "val"], default="all")
+    p.add_argument("--davis", help="DAVIS-2016 root")
+    p.add_argument("--sequences", help="comma-separated DAVIS sequences")
+    p.add_argument("--weights", default="default", help="PSPNet .safetensors or 'default'")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.davis:
+        samples = davis_triplets(args.davis, args.sequences.split(",") if args.sequences else None)
+    elif args.dir:
+        samples = find_triplets(args.dir)
+        if args.split != "all":
+            train, val = split_by_name(samples)
+            samples = val if args.split == "val" else train
+    else:
+        p.error("give a folder or --davis")
+    model = pspnet.load(args.weights)
+    if args.device:
+        model = model.to(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in tqdm(samples, desc="pspnet"):
+        name = s.name.replace("/", "_")
+        image = cv2.cvtColor(cv2.imread(str(s.image)), cv2.COLOR_BGR2RGB)
+        _, mask = pspnet.predict(image, model)
+        shutil.copyfile(s.image, out / f"{name}_im{s.image.suffix}")
+        shutil.copyfile(s.gt, out / f"{name}_gt.png")
+        write_atomic(out / f"{name}_seg.png", encode_png((mask > 0).astype("uint8") * 255))
+    print(f"wrote {len(samples)} triplets to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
