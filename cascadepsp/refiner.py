@@ -51,8 +51,8 @@ class Refiner:
 
     ``mode="fast"`` (default) batches windows, uses bf16 on CUDA and bounded memory; ``mode="reference"``
     is the original one-window-at-a-time fp32 pipeline. ``batch_size``, ``precision`` and ``channels_last``
-    tune the fast path (``None``/``"auto"`` pick per device); ``compile=True`` wraps the model in
-    ``torch.compile`` (slow first call, faster afterwards).
+    tune the fast path (``None``/``"auto"`` pick per device); ``compile=True`` runs the local-step windows
+    through ``torch.compile`` (a one-time compile of minutes on CPU, faster afterwards).
     """
 
     def __init__(self, device: str | torch.device | None = None, weights: WeightsArg = None, *,
@@ -63,8 +63,9 @@ class Refiner:
         self.device = resolve_device(device)
         self.mode = mode
         self.model = _resolve_model(weights).to(self.device).eval()
-        options = FastOptions(batch_size=batch_size, precision=precision, channels_last=channels_last)
-        self._runner = FastRunner(torch.compile(self.model) if compile else self.model, self.device, options)
+        options = FastOptions(batch_size=batch_size, precision=precision, channels_last=channels_last,
+                              compile=compile)
+        self._runner = FastRunner(self.model, self.device, options)
 
     @torch.inference_mode()
     def refine_probability(self, image: Any, mask: Any, fast: bool = False, L: int = 900, bgr: bool = False
