@@ -2,9 +2,9 @@
 
 Same global step, window grid, skip rule and blending as :mod:`cascadepsp.inference`, but
 (1) windows that need refining run in batches; (2) optional bf16/fp16 autocast and channels_last;
-(3) nothing full-resolution is held in float32 except the final output: the image stays uint8, the global
-result is upsampled per window / per output strip on demand (:mod:`cascadepsp.resize`), and the
-accumulators are float16 (sum) and uint8 (count). The global step and the windows cannot share a model
+(3) nothing full-resolution is held in float32 except the final output: the image stays uint8, the
+binarised global result is one byte per pixel (built in strips), the soft OS4 global result is upsampled
+per window on demand (:mod:`cascadepsp.resize`), and the accumulators are float16 (sum) and uint8 (count). The global step and the windows cannot share a model
 call: the windows take the global result as input.
 """
 
@@ -27,7 +27,7 @@ from .inference import (
     safe_forward,
     window_grid,
 )
-from .resize import bilinear_crop
+from .resize import bilinear_crop, bilinear_rows
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 STRIP_ROWS = 256  # rows per output strip when assembling the final map
@@ -147,14 +147,19 @@ class FastRunner:
         if fast:
             return self._single_pass_output(glob["pred_224"], h, w, L)
         p224, p56 = glob["pred_224"][0, 0], glob["pred_56_2"][0, 0]
+        # The binarised global result at full size, 1 byte per pixel: the skip rule, the windows' mask input
+        # and the pixels no window covers all read it.
+        binary_full = torch.empty(h, w, dtype=torch.bool, device=self.device)
+        for r0, r1, strip in bilinear_rows(p224, h, w, STRIP_ROWS):
+            binary_full[r0:r1] = strip > 0.5
         total = torch.zeros(h, w, dtype=torch.float16, device=self.device)
         count = torch.zeros(h, w, dtype=torch.uint8, device=self.device)
         pending: list[tuple[Window, Tensor, Tensor]] = []
         windows = window_grid(h, w, L)
         batch = self._batch_size(windows[0].y1 - windows[0].y0, windows[0].x1 - windows[0].x0)
         for win in windows:
-            binary = bilinear_crop(p224, h, w, win.y0, win.y1, win.x0, win.x1) > 0.5
-            if not needs_refinement(binary.float().mean().item()):
+            binary = binary_full[win.y0:win.y1, win.x0:win.x1]
+            if not needs_refinement(binary.float().mean().item()):  # float32 mean, as the reference
                 continue
             soft4 = bilinear_crop(p56, h, w, win.y0, win.y1, win.x0, win.x1) * 2 - 1
             pending.append((win, binary.float() * 2 - 1, soft4))
@@ -163,7 +168,7 @@ class FastRunner:
                 pending = []
         if pending:
             self._run_windows(image_u8, pending, total, count)
-        return self._assemble(p224, total, count)
+        return self._assemble(binary_full, total, count)
 
     def _run_windows(self, image_u8: Tensor, pending: list[tuple[Window, Tensor, Tensor]], total: Tensor,
                      count: Tensor) -> None:
@@ -178,13 +183,13 @@ class FastRunner:
             total[iy, ix] = (region.float() + p[py, px]).half()
             count[iy, ix] += 1
 
-    def _assemble(self, p224: Tensor, total: Tensor, count: Tensor) -> np.ndarray:
+    def _assemble(self, binary_full: Tensor, total: Tensor, count: Tensor) -> np.ndarray:
         """Average where windows were refined, binarised global result elsewhere; built in row strips."""
         h, w = total.shape
         out = np.empty((h, w), np.float32)
         for r0 in range(0, h, STRIP_ROWS):
             r1 = min(h, r0 + STRIP_ROWS)
-            binary = (bilinear_crop(p224, h, w, r0, r1, 0, w) > 0.5).float()
+            binary = binary_full[r0:r1].float()
             c = count[r0:r1].float()
             strip = torch.where(c == 0, binary, total[r0:r1].float() / c.clamp_min(1))
             out[r0:r1] = strip.cpu().numpy()

@@ -31,7 +31,19 @@ def _lerp(x0: Tensor, x1: Tensor, w0: Tensor, w1: Tensor) -> Tensor:
 def bilinear_crop(small: Tensor, out_h: int, out_w: int, y0: int, y1: int, x0: int, x1: int) -> Tensor:
     """Rows ``y0:y1`` and columns ``x0:x1`` of the 2-D map ``small`` bilinearly resized to out_h x out_w."""
     h, w = small.shape[-2:]
-    r0, r1, a0, a1 = _axis(h, out_h, y0, y1, small.device)
     c0, c1, b0, b1 = _axis(w, out_w, x0, x1, small.device)
-    rows = _lerp(small[:, c0], small[:, c1], b0, b1)
+    return _vertical(_lerp(small[:, c0], small[:, c1], b0, b1), out_h, y0, y1)
+
+
+def _vertical(rows: Tensor, out_h: int, y0: int, y1: int) -> Tensor:
+    r0, r1, a0, a1 = _axis(rows.shape[0], out_h, y0, y1, rows.device)
     return _lerp(rows[r0], rows[r1], a0[:, None], a1[:, None])
+
+
+def bilinear_rows(small: Tensor, out_h: int, out_w: int, strip: int = 256):
+    """Yield ``(y0, y1, rows)`` full-width strips of ``small`` resized to out_h x out_w (horizontal pass done once)."""
+    c0, c1, b0, b1 = _axis(small.shape[-1], out_w, 0, out_w, small.device)
+    rows = _lerp(small[:, c0], small[:, c1], b0, b1)
+    for y0 in range(0, out_h, strip):
+        y1 = min(out_h, y0 + strip)
+        yield y0, y1, _vertical(rows, out_h, y0, y1)

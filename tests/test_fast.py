@@ -10,7 +10,7 @@ from conftest import make_scene
 
 from cascadepsp import Refiner
 from cascadepsp.fast import FastOptions
-from cascadepsp.resize import bilinear_crop
+from cascadepsp.resize import bilinear_crop, bilinear_rows
 
 
 @pytest.mark.parametrize("h,w,H,W", [(90, 120, 400, 533), (113, 57, 900, 450), (37, 53, 37, 53), (60, 90, 61, 91)])
@@ -80,3 +80,11 @@ def test_bad_fast_options(kwargs, message):
 def test_bad_mode(small_model):
     with pytest.raises(ValueError, match="mode"):
         Refiner(device="cpu", weights=small_model, mode="turbo")
+
+
+def test_bilinear_rows_match_interpolate():
+    small = torch.rand(45, 70, generator=torch.Generator().manual_seed(1))
+    full = F.interpolate(small[None, None], size=(301, 433), mode="bilinear", align_corners=False)[0, 0]
+    strips = list(bilinear_rows(small, 301, 433, strip=64))
+    assert [(a, b) for a, b, _ in strips][-1] == (256, 301)
+    assert torch.equal(torch.cat([rows for _, _, rows in strips]), full)
