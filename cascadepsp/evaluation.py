@@ -113,6 +113,25 @@ def davis_triplets(root: str | os.PathLike, sequences: Sequence[str] | None = No
     return samples
 
 
+def select_samples(directory: str | os.PathLike | None = None, *, davis: str | os.PathLike | None = None,
+                   sequences: str | None = None, split: str = "all") -> list[Sample]:
+    """Triplets of a DAVIS root (``sequences``: comma-separated) or of a flat folder, optionally restricted to
+    the training or validation part of the refiner's name-hash split (``split``: all / train / val)."""
+    if davis:
+        return davis_triplets(davis, [s for s in sequences.split(",") if s] if sequences else None)
+    if directory is None:
+        raise ValueError("directory: give a folder of triplets or a DAVIS root")
+    samples = find_triplets(directory)
+    if split == "all":
+        return samples
+    if split not in ("train", "val"):
+        raise ValueError(f"split: expected all, train or val, got {split!r}")
+    from .data import split_by_name
+
+    train, val = split_by_name(samples)
+    return val if split == "val" else train
+
+
 def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(HxWx3 uint8 RGB image, HxW uint8 coarse mask, HxW uint8 GT); a coarse mask of another size is resized."""
     with Image.open(sample.image) as f:

@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cascadepsp.data import split_by_name
 from cascadepsp.evaluation import (
     COARSE,
     REFINER,
     build_methods,
-    davis_triplets,
     evaluate_pairs,
-    find_triplets,
     format_table,
     match_folders,
     save_figure,
+    select_samples,
     write_csv,
 )
 
@@ -59,14 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.davis:
-        seqs = [s for s in args.sequences.split(",") if s] if args.sequences else None
-        samples = davis_triplets(args.davis, seqs)
-    elif args.dir:
-        samples = find_triplets(args.dir)
-        if args.split != "all":
-            train, val = split_by_name(samples)
-            samples = val if args.split == "val" else train
+    if args.davis or args.dir:
+        samples = select_samples(args.dir, davis=args.davis, sequences=args.sequences, split=args.split)
     else:
         samples = match_folders(args.image_dir, args.seg_dir, args.gt_dir)
     if args.methods is not None:

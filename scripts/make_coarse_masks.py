@@ -18,8 +18,7 @@ import cv2
 from tqdm import tqdm
 
 import pspnet
-from cascadepsp.data import split_by_name
-from cascadepsp.evaluation import davis_triplets, find_triplets
+from cascadepsp.evaluation import select_samples
 from cascadepsp.imageio import encode_png, write_atomic
 
 
@@ -33,15 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    if args.davis:
-        samples = davis_triplets(args.davis, args.sequences.split(",") if args.sequences else None)
-    elif args.dir:
-        samples = find_triplets(args.dir)
-        if args.split != "all":
-            train, val = split_by_name(samples)
-            samples = val if args.split == "val" else train
-    else:
+    if not (args.davis or args.dir):
         p.error("give a folder or --davis")
+    samples = select_samples(args.dir, davis=args.davis, sequences=args.sequences, split=args.split)
     model = pspnet.load(args.weights)
     if args.device:
         model = model.to(args.device)

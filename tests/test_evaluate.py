@@ -222,3 +222,18 @@ def test_script_without_network(tmp_path, capsys):
     assert (tmp_path / "r.csv").is_file() and (tmp_path / "f.png").is_file()
     with pytest.raises(SystemExit):
         script.main(["--methods", "coarse"])  # no data source
+
+
+def test_select_samples_splits_like_the_trainer(tmp_path):
+    from cascadepsp.data import split_by_name
+    from cascadepsp.evaluation import select_samples
+
+    _write_flat(tmp_path, n=10)
+    every = select_samples(tmp_path)
+    val = select_samples(tmp_path, split="val")
+    train = select_samples(tmp_path, split="train")
+    assert len(val) == 2 and len(train) == 8
+    assert {s.name for s in val} | {s.name for s in train} == {s.name for s in every}
+    assert {s.name for s in val} == {s.name for s in split_by_name(every)[1]}
+    with pytest.raises(ValueError, match="split"):
+        select_samples(tmp_path, split="test")
