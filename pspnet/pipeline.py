@@ -60,15 +60,20 @@ def build_segmenter(kind: str = "pspnet", *, pspnet_weights: str | os.PathLike |
 
 
 def collect_images(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Image files named directly or found (non-recursively) in folders; our own outputs in ``out_dir`` are skipped."""
+    """Image files named directly or found (non-recursively) in folders; our own outputs in ``out_dir`` are skipped.
+
+    A folder in the original layout (``<name>_im.jpg`` beside ``_seg``/``_gt`` masks) contributes only its
+    ``_im`` files, so masks are never segmented as photos.
+    """
     out = Path(out_dir).resolve() if out_dir is not None else None
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in sorted(p.iterdir()):
-                if not f.is_file() or f.suffix.lower() not in IMAGE_EXTS:
-                    continue
+            files = [f for f in sorted(p.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
+            if any(f.stem.endswith("_im") for f in files):
+                files = [f for f in files if f.stem.endswith("_im")]
+            for f in files:
                 if out is not None and f.parent.resolve() == out and f.name.endswith(OUTPUT_SUFFIXES):
                     continue
                 found.append(f)

@@ -244,3 +244,9 @@ def test_cli_with_weight_files(model, tmp_path, capsys):
     bad_weights = args[:4] + [str(tmp_path / "nope.safetensors")] + args[5:]
     assert cli.main(bad_weights) == 2
     assert cli.main([str(inputs[0]), "--out", str(tmp_path / "o2"), "--segmenter", "u2netp"]) == 2
+
+
+def test_collect_images_takes_only_photos_of_the_original_layout(tmp_path):
+    for name in ("a_im.jpg", "a_seg.png", "a_gt.png", "b_im.png", "b_seg.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in collect_images([tmp_path])] == ["a_im.jpg", "b_im.png"]
