@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from cascadepsp.imageio import encode_png, write_atomic
+
 from .inference import PSPNetSegmenter
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -97,19 +99,9 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_png_atomic(path: Path, array: np.ndarray) -> None:
-    """Encode ``array`` (HxW grey or HxWx3 RGB) as PNG into a temporary file, then rename it into place."""
+    """Encode ``array`` (HxW grey or HxWx3 RGB) as PNG and write it atomically (temporary file + rename)."""
     bgr = array[:, :, ::-1] if array.ndim == 3 else array
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
-    if not ok:
-        raise ValueError(f"cannot encode {path.name} as PNG")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, encode_png(np.ascontiguousarray(bgr)))
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 60)) -> np.ndarray:
