@@ -15,17 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .inference import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Window,
-    needs_refinement,
+    iter_windows_to_refine,
+    normalise_u8,
     resize_max_side,
     safe_forward,
-    window_grid,
+    single_pass_to_input_size,
 )
 from .resize import bilinear_crop, bilinear_rows
 
@@ -64,14 +64,6 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _normalise_u8(crop_u8: Tensor) -> Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32, ImageNet-normalised exactly as the reference does."""
-    t = crop_u8.movedim(-1, -3).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=t.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=t.device).view(3, 1, 1)
-    return (t - mean) / std
-
-
 def _global_inputs(image_u8: Tensor, mask: Tensor, L: int) -> tuple[Tensor, Tensor]:
     """Image/mask at long side L, normalising and area-pooling one channel at a time to bound memory."""
     side = max(mask.shape)
@@ -83,7 +75,7 @@ def _global_inputs(image_u8: Tensor, mask: Tensor, L: int) -> tuple[Tensor, Tens
             channels.append(resize_max_side(ch[None, None], L, "area"))
             del ch
         return torch.cat(channels, dim=1), resize_max_side(seg, L, "area")
-    im = _normalise_u8(image_u8)[None]
+    im = normalise_u8(image_u8)[None]
     if side < L:
         return resize_max_side(im, L, "bicubic"), resize_max_side(seg, L, "bilinear")
     return im, seg
@@ -145,7 +137,7 @@ class FastRunner:
         glob = self._forward(small_im, small_seg, None, ("pred_224", "pred_56_2"))
         del small_im, small_seg
         if fast:
-            return self._single_pass_output(glob["pred_224"], h, w, L)
+            return single_pass_to_input_size(glob["pred_224"], h, w, L)[0, 0].cpu().numpy()
         p224, p56 = glob["pred_224"][0, 0], glob["pred_56_2"][0, 0]
         # The binarised global result at full size, 1 byte per pixel: the skip rule, the windows' mask input
         # and the pixels no window covers all read it.
@@ -155,12 +147,9 @@ class FastRunner:
         total = torch.zeros(h, w, dtype=torch.float16, device=self.device)
         count = torch.zeros(h, w, dtype=torch.uint8, device=self.device)
         pending: list[tuple[Window, Tensor, Tensor]] = []
-        windows = window_grid(h, w, L)
-        batch = self._batch_size(windows[0].y1 - windows[0].y0, windows[0].x1 - windows[0].x0)
-        for win in windows:
+        batch = self._batch_size(min(L, h), min(L, w))  # every window has this size
+        for win in iter_windows_to_refine(binary_full, L):
             binary = binary_full[win.y0:win.y1, win.x0:win.x1]
-            if not needs_refinement(binary.float().mean().item()):  # float32 mean, as the reference
-                continue
             soft4 = bilinear_crop(p56, h, w, win.y0, win.y1, win.x0, win.x1) * 2 - 1
             pending.append((win, binary.float() * 2 - 1, soft4))
             if len(pending) == batch:
@@ -173,7 +162,7 @@ class FastRunner:
     def _run_windows(self, image_u8: Tensor, pending: list[tuple[Window, Tensor, Tensor]], total: Tensor,
                      count: Tensor) -> None:
         h, w = total.shape
-        im = _normalise_u8(torch.stack([image_u8[win.y0:win.y1, win.x0:win.x1] for win, _, _ in pending]))
+        im = normalise_u8(torch.stack([image_u8[win.y0:win.y1, win.x0:win.x1] for win, _, _ in pending]))
         seg = torch.stack([b for _, b, _ in pending])[:, None]
         s8 = torch.stack([s for _, _, s in pending])[:, None]
         pred = self._forward(im, seg, s8, ("pred_224",))["pred_224"][:, 0]
@@ -194,12 +183,3 @@ class FastRunner:
             strip = torch.where(c == 0, binary, total[r0:r1].float() / c.clamp_min(1))
             out[r0:r1] = strip.cpu().numpy()
         return out
-
-    def _single_pass_output(self, pred: Tensor, h: int, w: int, L: int) -> np.ndarray:
-        side = max(h, w)
-        if side < L:
-            pred = F.interpolate(pred, size=(h, w), mode="area")
-        elif side > L:
-            pred = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=True)
-        return pred[0, 0].cpu().numpy()
-

@@ -21,12 +21,17 @@ WINDOW_PADDING = 16  # pixels trimmed from each inner side of a refined window
 LOW_FG, HIGH_FG = 0.1, 0.9  # windows whose foreground share is outside [LOW_FG, HIGH_FG] are skipped
 
 
-def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
-    """HxWx3 uint8 RGB -> 1x3xHxW float, ImageNet-normalised (as ToTensor + Normalize)."""
-    t = torch.from_numpy(image).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=t.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=t.device).view(1, 3, 1, 1)
+def normalise_u8(image_u8: Tensor) -> Tensor:
+    """(..., H, W, 3) uint8 RGB -> (..., 3, H, W) float, ImageNet-normalised (as ToTensor + Normalize)."""
+    t = image_u8.movedim(-1, -3).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=t.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=t.device).view(3, 1, 1)
     return (t - mean) / std
+
+
+def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """HxWx3 uint8 RGB -> 1x3xHxW float, ImageNet-normalised."""
+    return normalise_u8(torch.from_numpy(image).to(device))[None]
 
 
 def mask_to_tensor(mask: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
@@ -77,9 +82,14 @@ def global_inputs(im: Tensor, seg: Tensor, L: int) -> tuple[Tensor, Tensor]:
 
 def refine_single_pass(model: nn.Module, im: Tensor, seg: Tensor, L: int = 900) -> Tensor:
     """``fast=True``: one cascade pass at long side ``L``; returns 1x1xHxW probabilities at input size."""
-    h, w = im.shape[-2:]
     small_im, small_seg = global_inputs(im, seg, L)
     pred = safe_forward(model, small_im, small_seg, keys=("pred_224",))["pred_224"]
+    return single_pass_to_input_size(pred, *im.shape[-2:], L)
+
+
+def single_pass_to_input_size(pred: Tensor, h: int, w: int, L: int) -> Tensor:
+    """Bring a global-only prediction back to h x w: area when the input was upsampled, bilinear (corners
+    aligned) when it was downsampled, as the original."""
     if max(h, w) < L:
         return F.interpolate(pred, size=(h, w), mode="area")
     if max(h, w) > L:
@@ -149,7 +159,8 @@ def global_step(model: nn.Module, im: Tensor, seg: Tensor, L: int) -> tuple[Tens
 
 
 def iter_windows_to_refine(binary: Tensor, L: int) -> Iterator[Window]:
-    """Windows of the grid that contain a boundary of the binarised global result."""
+    """Windows of the grid that contain a boundary of the binarised global result (foreground: ``> 0``;
+    a {-1, 1} float map or a bool map)."""
     h, w = binary.shape[-2:]
     for win in window_grid(h, w, L):
         share = (binary[..., win.y0:win.y1, win.x0:win.x1] > 0).float().mean().item()
