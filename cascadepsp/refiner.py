@@ -65,7 +65,9 @@ class Refiner:
         self.model = _resolve_model(weights).to(self.device).eval()
         options = FastOptions(batch_size=batch_size, precision=precision, channels_last=channels_last,
                               compile=compile)
-        self._runner = FastRunner(self.model, self.device, options)
+        # Only the fast path gets a runner: it converts the model to channels_last, which would change the
+        # reference path's convolution arithmetic.
+        self._runner = FastRunner(self.model, self.device, options) if mode == "fast" else None
 
     @torch.inference_mode()
     def refine_probability(self, image: Any, mask: Any, fast: bool = False, L: int = 900, bgr: bool = False
@@ -79,7 +81,7 @@ class Refiner:
             return np.zeros(fg.shape, np.float32)
         if fg.all():
             return np.ones(fg.shape, np.float32)
-        if self.mode == "fast":
+        if self._runner is not None:
             return self._runner.refine(rgb, fg, L=L, fast=fast)
         im = inference.image_to_tensor(rgb, self.device)
         seg = inference.mask_to_tensor(fg, self.device)

@@ -88,3 +88,13 @@ def test_bilinear_rows_match_interpolate():
     strips = list(bilinear_rows(small, 301, 433, strip=64))
     assert [(a, b) for a, b, _ in strips][-1] == (256, 301)
     assert torch.equal(torch.cat([rows for _, _, rows in strips]), full)
+
+
+def test_reference_mode_leaves_the_model_layout_alone():
+    import cascadepsp
+
+    model = cascadepsp.create_model("resnet18")
+    Refiner(device="cpu", weights=model, mode="reference")
+    assert model.feats.conv1.weight.is_contiguous()  # channels_last would alter the reference arithmetic
+    Refiner(device="cpu", weights=model, mode="fast")
+    assert model.feats.conv1.weight.is_contiguous(memory_format=torch.channels_last)
