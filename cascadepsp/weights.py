@@ -107,10 +107,6 @@ def convert_official(src: str | os.PathLike, dst: str | os.PathLike, half: bool 
                       half=half)
 
 
-def to_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.nn.Module:
-    return model.to(resolve_device(device))
-
-
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` picks CUDA when present, else CPU."""
     if device is None:
