@@ -12,6 +12,10 @@ BACKBONE_BLOCKS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet34": ("basic", (3, 4, 6, 3)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
 }
+# segmentation-models-pytorch encoders: smp name and the channels of its OS2, OS4, OS8 and deepest features.
+ENCODER_BACKBONES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "efficientnet_lite0": ("timm-tf_efficientnet_lite0", (32, 24, 40, 320)),
+}
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,31 @@ class RMConfig:
     up_channels: tuple[int, int, int] = (512, 256, 32)  # outputs of up_1 (OS4), up_2 (OS2), up_3 (OS1)
     head_hidden: int = 32  # hidden width of final_28 / final_56 / final_11
     in_channels: int = 6  # RGB + three mask channels
+    # smp-encoder backbones only: the encoder's own output stride (16: its last stage dilated); its deepest
+    # features are upsampled to OS8 and joined with its OS8 features before the PSP.
+    encoder_output_stride: int = 16
+    # Residual output: every output's logits get ``residual`` x the mask estimate its pass was given
+    # (in [-1, 1]), so an untrained network returns its input. 0 = the original plain head.
+    residual: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONE_BLOCKS:
-            raise ValueError(f"backbone must be one of {sorted(BACKBONE_BLOCKS)}, got {self.backbone!r}")
+        known = sorted([*BACKBONE_BLOCKS, *ENCODER_BACKBONES])
+        if self.backbone not in known:
+            raise ValueError(f"backbone must be one of {known}, got {self.backbone!r}")
+        if self.encoder_output_stride not in (8, 16, 32):
+            raise ValueError(f"encoder_output_stride must be 8, 16 or 32, got {self.encoder_output_stride}")
+        if self.residual < 0:
+            raise ValueError(f"residual must be >= 0, got {self.residual}")
+
+    @property
+    def is_encoder(self) -> bool:
+        """True for a segmentation-models-pytorch encoder backbone, False for the built-in ResNets."""
+        return self.backbone in ENCODER_BACKBONES
+
+    @property
+    def smp_encoder(self) -> str:
+        return ENCODER_BACKBONES[self.backbone][0]
 
     @property
     def block_type(self) -> str:
@@ -49,17 +73,24 @@ class RMConfig:
 
     @property
     def feature_channels(self) -> int:
-        """Channels of the layer4 (OS8) features fed to the PSP module."""
+        """Channels of the OS8 features fed to the PSP module (ResNet layer4; encoder: deepest + OS8)."""
+        if self.is_encoder:
+            ch = ENCODER_BACKBONES[self.backbone][1]
+            return ch[3] + ch[2]
         return 8 * self.base_width * self.expansion
 
     @property
     def skip_channels(self) -> int:
-        """Channels of the layer1 (OS4) skip feature."""
+        """Channels of the OS4 skip feature (ResNet layer1)."""
+        if self.is_encoder:
+            return ENCODER_BACKBONES[self.backbone][1][1]
         return self.base_width * self.expansion
 
     @property
     def stem_channels(self) -> int:
-        """Channels of the conv1 (OS2) skip feature."""
+        """Channels of the OS2 skip feature (ResNet conv1)."""
+        if self.is_encoder:
+            return ENCODER_BACKBONES[self.backbone][1][0]
         return self.base_width
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,11 +128,15 @@ PRESETS: dict[str, RMConfig] = {
     # train on a 2-core CPU and the one shipped as bundled default weights.
     "resnet18_slim": RMConfig(backbone="resnet18", base_width=32, psp_out=128, up_channels=(64, 32, 16),
                               head_hidden=16),
+    # ImageNet EfficientNet-Lite0 trunk (OS16, upsampled to OS8), narrow decoder, residual output: the
+    # network trained on the project's CPU and shipped as the bundled default.
+    "lite0": RMConfig(backbone="efficientnet_lite0", encoder_output_stride=16, psp_out=128,
+                      up_channels=(64, 32, 16), head_hidden=16, residual=4.0),
 }
 
 
 def get_config(name_or_config: str | RMConfig) -> RMConfig:
-    """Resolve a preset name (``"resnet50"``, ``"resnet18"``, ``"resnet34"``) or pass a config through."""
+    """Resolve a preset name (a key of :data:`PRESETS`) or pass a config through."""
     if isinstance(name_or_config, RMConfig):
         return name_or_config
     if name_or_config not in PRESETS:

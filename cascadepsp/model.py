@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .backbone import ResNetExtractor
 from .config import RMConfig, get_config
+from .encoder_backbone import EncoderExtractor
 
 
 def _upsample(x: Tensor, factor: int) -> Tensor:
@@ -65,6 +66,10 @@ class RefinementModule(nn.Module):
     ``forward(x, seg, inter_s8=None, inter_s4=None)`` takes a normalised RGB image ``x`` (B,3,H,W) and
     masks in [-1, 1] (B,1,H,W); H and W must be multiples of 8. It returns a dict of logits
     ``out_*`` and their sigmoids ``pred_*``, all at the input size.
+
+    With ``config.residual = k > 0`` every output's logits are the head's plus ``k`` x the mask estimate
+    its pass was given (pass 1: ``seg``; later passes: the OS8 / OS4 estimates they take in), so the
+    network only has to learn where to move the input, and an untrained one returns it.
     """
 
     def __init__(self, config: RMConfig | str = "resnet50") -> None:
@@ -73,7 +78,7 @@ class RefinementModule(nn.Module):
         feat, psp_out = cfg.feature_channels, cfg.psp_out
         c1, c2, c3 = cfg.up_channels
         hid = cfg.head_hidden
-        self.feats = ResNetExtractor(cfg)
+        self.feats = EncoderExtractor(cfg) if cfg.is_encoder else ResNetExtractor(cfg)
         self.psp = PSPModule(feat, psp_out, cfg.psp_sizes)
         self.up_1 = PSPUpsample(psp_out, psp_out + cfg.skip_channels, c1)
         self.up_2 = PSPUpsample(c1, c1 + cfg.stem_channels, c2)
@@ -93,10 +98,15 @@ class RefinementModule(nn.Module):
             raise ValueError(f"x: height and width must be multiples of 8, got {tuple(x.shape[-2:])}")
         out: dict[str, Tensor] = {}
 
+        k = self.config.residual
+
+        def head(logits: Tensor, given: Tensor) -> Tensor:
+            return logits + k * given if k else logits
+
         # Pass 1 (OS8 only), skipped when a coarse OS8 estimate is supplied.
         if inter_s8 is None:
             p, _, _ = self._trunk(x, seg, seg, seg)
-            logits_8 = _upsample(self.final_28(p), 8)
+            logits_8 = head(_upsample(self.final_28(p), 8), seg)
             out["out_28"], out["pred_28"] = logits_8, torch.sigmoid(logits_8)
             t8 = torch.tanh(logits_8)
         else:
@@ -105,8 +115,8 @@ class RefinementModule(nn.Module):
         # Pass 2 (OS8 + OS4), skipped when an OS4 estimate is supplied.
         if inter_s4 is None:
             p, _, f_os4 = self._trunk(x, seg, t8, t8)
-            logits_8 = _upsample(self.final_28(p), 8)
-            logits_4 = _upsample(self.final_56(self.up_1(p, f_os4)), 4)
+            logits_8 = head(_upsample(self.final_28(p), 8), t8)
+            logits_4 = head(_upsample(self.final_56(self.up_1(p, f_os4)), 4), t8)
             out["out_28_2"], out["pred_28_2"] = logits_8, torch.sigmoid(logits_8)
             out["out_56"], out["pred_56"] = logits_4, torch.sigmoid(logits_4)
             t8, t4 = torch.tanh(logits_8), torch.tanh(logits_4)
@@ -115,11 +125,11 @@ class RefinementModule(nn.Module):
 
         # Pass 3 (OS8, OS4 and full resolution).
         p, f_os2, f_os4 = self._trunk(x, seg, t8, t4)
-        out["out_28_3"] = _upsample(self.final_28(p), 8)
+        out["out_28_3"] = head(_upsample(self.final_28(p), 8), t8)
         p = self.up_1(p, f_os4)
-        out["out_56_2"] = _upsample(self.final_56(p), 4)
+        out["out_56_2"] = head(_upsample(self.final_56(p), 4), t4)
         p = self.up_3(self.up_2(p, f_os2), x)
-        out["out_224"] = self.final_21(F.relu(self.final_11(torch.cat([p, x], dim=1))))
+        out["out_224"] = head(self.final_21(F.relu(self.final_11(torch.cat([p, x], dim=1)))), t4)
         for key in ("out_28_3", "out_56_2", "out_224"):
             out["pred" + key[3:]] = torch.sigmoid(out[key])
         return out

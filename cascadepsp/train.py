@@ -25,12 +25,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import data as D
-from .config import PRESETS, get_config
+from .checkpoint import load_state_tolerant, load_weights
+from .config import PRESETS, RMConfig, get_config
 from .inference import image_to_tensor, mask_to_tensor, refine_single_pass
 from .losses import LossWeights, refinement_loss
 from .metrics import SegMetrics
 from .model import RefinementModule
-from .weights import resolve_device, save_model
+from .weights import MODEL_FORMAT, resolve_device, save_model
 
 CKPT_NAME = "ckpt_last.pt"
 LOG_NAME = "log.csv"
@@ -41,6 +42,9 @@ class TrainConfig:
     """Everything a training run depends on; saved in checkpoints and in the exported weights' metadata."""
 
     preset: str = "resnet18"
+    residual: float | None = None  # override of the preset's residual-output scale (0 = plain head)
+    pretrained: bool = True  # ImageNet-initialise an smp-encoder backbone (needs the `train` extra)
+    init: str | None = None  # warm start: one of our .safetensors refiners with the same architecture
     # data
     human_seg: str | None = None  # folder of <name>_im.jpg / <name>_gt.png
     davis: str | None = None  # DAVIS-layout folder
@@ -48,6 +52,12 @@ class TrainConfig:
     davis_val_sequences: tuple[str, ...] | None = None  # default: the last `davis_n_val` in sorted order
     davis_n_val: int = 3
     human_seg_val_fraction: float = 0.2
+    # Validation during training reads a part held back from the *training* split ("dev"): DAVIS's last
+    # `davis_n_dev` training sequences and `human_seg_dev_fraction` of the human_seg training photos, so
+    # design choices never see the validation split. "val" validates on the validation split instead.
+    validate_on: str = "dev"
+    davis_n_dev: int = 1
+    human_seg_dev_fraction: float = 0.1
     human_seg_repeat: int = 3  # human_seg photos are independent, DAVIS frames are not: weight them up
     max_side: int = 640  # cap on the long side of cached training images
     background_max_side: int = 1024
@@ -86,8 +96,8 @@ class TrainConfig:
             raise ValueError("iterations and batch_size must be >= 1")
         if any(not 0 < m <= 1 for m in self.milestones):
             raise ValueError(f"milestones: expected fractions in (0, 1], got {self.milestones}")
-        if self.human_seg is None and self.davis is None:
-            pass  # datasets may be passed to Trainer directly
+        if self.validate_on not in ("dev", "val"):
+            raise ValueError(f"validate_on: expected 'dev' or 'val', got {self.validate_on!r}")
 
     def milestone_steps(self) -> list[int]:
         return [int(round(self.iterations * m)) for m in self.milestones]
@@ -130,19 +140,30 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
     train_items: list[D.Item] = []
     val_items: dict[str, list[D.Item]] = {}
     summary: dict[str, Any] = {}
+    dev = cfg.validate_on == "dev"
     if cfg.human_seg:
         hs_train, hs_val = D.split_by_name(D.list_im_gt(cfg.human_seg), cfg.human_seg_val_fraction, cfg.seed)
+        hs_dev: list[D.Item] = []
+        if dev:
+            hs_train, hs_dev = D.split_by_name(hs_train, cfg.human_seg_dev_fraction, cfg.seed + 1)
         train_items += hs_train * max(1, cfg.human_seg_repeat)
-        val_items["human_seg"] = hs_val
-        summary["human_seg"] = {"path": cfg.human_seg, "train": len(hs_train), "val": len(hs_val),
-                                "repeat": cfg.human_seg_repeat}
+        val_items["human_seg"] = hs_dev if dev else hs_val
+        summary["human_seg"] = {"path": cfg.human_seg, "train": len(hs_train), "dev": len(hs_dev),
+                                "val": len(hs_val), "repeat": cfg.human_seg_repeat}
     if cfg.davis:
         tr_seq, va_seq = D.split_davis(cfg.davis, cfg.davis_val_sequences, cfg.davis_n_val)
+        dev_seq: list[str] = []
+        if dev and cfg.davis_n_dev > 0:
+            if cfg.davis_n_dev >= len(tr_seq):
+                raise ValueError(f"davis_n_dev: {cfg.davis_n_dev} leaves no DAVIS training sequence")
+            tr_seq, dev_seq = tr_seq[:-cfg.davis_n_dev], tr_seq[-cfg.davis_n_dev:]
         dv_train = D.list_davis(cfg.davis, tr_seq)
         train_items += dv_train
-        val_items["davis"] = D.list_davis(cfg.davis, va_seq) if va_seq else []
-        summary["davis"] = {"path": cfg.davis, "train_sequences": tr_seq, "val_sequences": va_seq,
-                            "train": len(dv_train), "val": len(val_items["davis"])}
+        held = dev_seq if dev else va_seq
+        val_items["davis"] = D.list_davis(cfg.davis, held) if held else []
+        summary["davis"] = {"path": cfg.davis, "train_sequences": tr_seq, "dev_sequences": dev_seq,
+                            "val_sequences": va_seq, "train": len(dv_train)}
+    summary["validate_on"] = cfg.validate_on
     if not train_items:
         raise ValueError("TrainConfig: give at least one data source (human_seg or davis)")
     t0 = time.perf_counter()
@@ -163,6 +184,27 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
         val_crops = D.RefineTrainDataset(D.ImageStore(all_val, cfg.max_side), backgrounds, cfg.augment,
                                          cfg.seed + 1)
     return DataBundle(train, val_examples, val_crops, summary)
+
+
+def model_config(cfg: TrainConfig) -> RMConfig:
+    """The architecture a run trains: its preset, with the residual scale overridden when given."""
+    rm = get_config(cfg.preset)
+    return rm if cfg.residual is None else dataclasses.replace(rm, residual=cfg.residual)
+
+
+def build_model(cfg: TrainConfig) -> RefinementModule:
+    """A fresh model for ``cfg``: warm-started from ``cfg.init``, else ImageNet-initialised when its backbone
+    is an smp encoder and ``cfg.pretrained``, else randomly initialised."""
+    rm = model_config(cfg)
+    model = RefinementModule(rm)
+    if cfg.init:
+        state, config, _ = load_weights(cfg.init, expected_format=MODEL_FORMAT)
+        if RMConfig.from_dict(config) != rm:
+            raise ValueError(f"init: {cfg.init} holds a {RMConfig.from_dict(config)} network, the run trains {rm}")
+        load_state_tolerant(model, state)
+    elif cfg.pretrained and rm.is_encoder:
+        model.feats.load_imagenet()
+    return model
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
@@ -201,7 +243,7 @@ class Trainer:
         D.steps_per_epoch(len(self.data.train), cfg.batch_size)  # validates batch size vs data
         torch.manual_seed(cfg.seed)
         # channels_last: measured 1.5x faster training steps on CPU (oneDNN) and the usual gain on GPUs.
-        self.model = RefinementModule(get_config(cfg.preset)).to(self.device, memory_format=torch.channels_last)
+        self.model = build_model(cfg).to(self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.milestone_steps(), cfg.gamma)
         self.step = 0
@@ -246,7 +288,7 @@ class Trainer:
         # Our own file (optimizer/scheduler state holds plain Python objects), hence weights_only=False.
         ck = torch.load(path, map_location="cpu", weights_only=False)
         saved = ck.get("config", {})
-        for key in ("preset", "seed", "batch_size", "crop_size"):
+        for key in ("preset", "residual", "seed", "batch_size", "crop_size"):
             old = saved.get(key, saved.get("augment", {}).get(key))
             new = getattr(self.cfg, key, getattr(self.cfg.augment, key, None))
             if old is not None and old != new:

@@ -35,8 +35,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--brightness", type=float, default=d.augment.brightness)
     g.add_argument("--contrast", type=float, default=d.augment.contrast)
     g.add_argument("--saturation", type=float, default=d.augment.saturation)
+    g.add_argument("--real-coarse-prob", type=float, default=d.augment.real_coarse_prob,
+                   help="chance to train on the source's real segmenter mask instead of a synthetic one")
+    g.add_argument("--validate-on", choices=("dev", "val"), default=d.validate_on,
+                   help="dev: a part held back from the training split (default); val: the validation split")
     g = p.add_argument_group("optimisation")
     g.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
+    g.add_argument("--residual", type=float, help="residual-output scale (0: plain head; default: the preset's)")
+    g.add_argument("--no-pretrained", action="store_true", help="do not ImageNet-initialise an encoder backbone")
+    g.add_argument("--init", metavar="FILE", help="warm start from one of our .safetensors refiners")
     g.add_argument("--iters", type=int, default=d.iterations)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--crop", type=int, default=d.augment.crop_size)
@@ -65,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_config(a: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(
-        preset=a.preset, human_seg=a.human_seg, davis=a.davis, backgrounds=a.backgrounds,
+        preset=a.preset, residual=a.residual, pretrained=not a.no_pretrained, init=a.init,
+        validate_on=a.validate_on, human_seg=a.human_seg, davis=a.davis, backgrounds=a.backgrounds,
         davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat,
         max_side=a.max_side, batch_size=a.batch_size, iterations=a.iters, lr=a.lr, weight_decay=a.weight_decay,
         grad_clip=a.grad_clip, amp=not a.no_amp, seed=a.seed, device=a.device, num_workers=a.workers,
@@ -75,7 +83,7 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
     )
     return config_replace(cfg, augment__crop_size=a.crop, augment__composite_prob=a.composite_prob,
                           augment__brightness=a.brightness, augment__contrast=a.contrast,
-                          augment__saturation=a.saturation)
+                          augment__saturation=a.saturation, augment__real_coarse_prob=a.real_coarse_prob)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,7 @@ def folder(tmp_path_factory) -> Path:
 
 def tiny_config(folder: Path, out: Path, **kw) -> TrainConfig:
     cfg = TrainConfig(preset="resnet18", human_seg=str(folder), human_seg_val_fraction=0.34, human_seg_repeat=1,
+                      human_seg_dev_fraction=0.25,
                       batch_size=2, iterations=40, num_workers=0, out_dir=str(out), val_every=0, ckpt_every=0,
                       log_every=1, val_max_items=2, val_max_side=64, val_L=64, val_crop_batches=1,
                       progress=False, device="cpu")
@@ -82,6 +83,21 @@ def test_resume_refuses_a_different_architecture(folder, tmp_path):
     Trainer(tiny_config(folder, tmp_path)).save_checkpoint()
     with pytest.raises(ValueError, match="preset"):
         Trainer(tiny_config(folder, tmp_path, preset="resnet34")).resume()
+
+
+def test_init_warm_starts_from_exported_weights(folder, tmp_path):
+    first = Trainer(tiny_config(folder, tmp_path / "a", lr=1e-2))
+    first.run(max_steps=2)
+    path = first.export(tmp_path / "a.safetensors")
+    warm = Trainer(tiny_config(folder, tmp_path / "b", init=str(path)))
+    assert warm.step == 0  # a new run (fresh optimizer and schedule) from the saved weights
+    for key, value in first.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(warm.model.state_dict()[key], value, atol=1e-2, rtol=1e-3)
+    cold = Trainer(tiny_config(folder, tmp_path / "c"))
+    assert (cold.model.final_21.weight - warm.model.final_21.weight).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="init"):
+        Trainer(tiny_config(folder, tmp_path / "d", init=str(path), residual=4.0))
 
 
 def test_time_budget_stops_with_a_checkpoint(folder, tmp_path):
@@ -129,8 +145,15 @@ def test_validation_finish_and_export(folder, tmp_path):
 
 def test_build_data_splits_and_rejects_empty(folder, tmp_path):
     bundle = build_data(tiny_config(folder, tmp_path))
-    assert bundle.summary["human_seg"]["train"] == 4 and bundle.summary["human_seg"]["val"] == 2
-    assert len(bundle.train) == 4 and len(bundle.val_examples["human_seg"]) == 2
+    hs = bundle.summary["human_seg"]
+    assert (hs["train"], hs["dev"], hs["val"]) == (3, 1, 2)
+    # validation during training reads the dev part, held back from the training split, not the val split
+    assert len(bundle.train) == 3 and len(bundle.val_examples["human_seg"]) == 1
+    on_val = build_data(tiny_config(folder, tmp_path, validate_on="val"))
+    assert len(on_val.train) == 4 and len(on_val.val_examples["human_seg"]) == 2
+    names = {ex.name for ex in bundle.val_examples["human_seg"]}
+    assert not names & {ex.name for ex in on_val.val_examples["human_seg"]}
+    assert not names & {it.name for it in bundle.train.store.items}
     with pytest.raises(ValueError, match="data source"):
         build_data(tiny_config(folder, tmp_path, human_seg=None))
     with pytest.raises(ValueError, match="preset"):
