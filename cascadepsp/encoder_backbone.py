@@ -16,8 +16,7 @@ from segmentation_models_pytorch.encoders import get_encoder
 from torch import Tensor, nn
 
 from .config import RMConfig
-from .inference import IMAGENET_MEAN, IMAGENET_STD
-from .pretrained import SOURCES, load_imagenet_encoder
+from .pretrained import input_affine, load_imagenet_encoder
 
 
 class EncoderExtractor(nn.Module):
@@ -32,14 +31,9 @@ class EncoderExtractor(nn.Module):
             warnings.simplefilter("ignore", DeprecationWarning)
             self.encoder = get_encoder(self.encoder_name, in_channels=config.in_channels, weights=None,
                                        output_stride=config.encoder_output_stride)
-        # x_enc = (x_imagenet * std_in + mean_in - mean_enc) / std_enc, per RGB channel.
-        src = SOURCES.get(self.encoder_name)
-        mean_enc = torch.tensor(src.mean if src else IMAGENET_MEAN)
-        std_enc = torch.tensor(src.std if src else IMAGENET_STD)
-        scale = torch.tensor(IMAGENET_STD) / std_enc
-        shift = (torch.tensor(IMAGENET_MEAN) - mean_enc) / std_enc
-        self.register_buffer("rgb_scale", scale.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("rgb_shift", shift.view(1, 3, 1, 1), persistent=False)
+        scale, shift = input_affine(self.encoder_name)
+        self.register_buffer("rgb_scale", scale, persistent=False)
+        self.register_buffer("rgb_shift", shift, persistent=False)
 
     def load_imagenet(self) -> EncoderExtractor:
         """Initialise the encoder from the installed ImageNet weights (mask filters of the stem: zero)."""

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .inference import IMAGENET_MEAN, IMAGENET_STD  # the input normalisation our models take
+
 
 @dataclass(frozen=True)
 class PretrainedSource:
@@ -35,6 +37,16 @@ SOURCES: dict[str, PretrainedSource] = {
         "models/efficientnet-lite0-57934424.pth", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 CLASSIFIER_PREFIX = "_fc."
+
+
+def input_affine(encoder: str) -> tuple[Tensor, Tensor]:
+    """(scale, shift), each 1x3x1x1, with ``x * scale + shift`` taking an ImageNet mean/std-normalised RGB
+    tensor to the normalisation ``encoder``'s weights were trained with (identity for unknown encoders)."""
+    src = SOURCES.get(encoder)
+    mean_in, std_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    mean = torch.tensor(src.mean) if src else mean_in
+    std = torch.tensor(src.std) if src else std_in
+    return (std_in / std).view(1, 3, 1, 1), ((mean_in - mean) / std).view(1, 3, 1, 1)
 
 
 def get_source(encoder: str) -> PretrainedSource:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cascadepsp.inference import IMAGENET_MEAN, IMAGENET_STD
+
 IGNORE_INDEX = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_PIXEL = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)  # padding colour: zero after normalisation
 
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import Tensor, nn
 
+from cascadepsp.pretrained import input_affine, load_imagenet_encoder
+
 from .config import PSPNetConfig
 
 ENCODER_DEPTH = 5
@@ -98,6 +100,12 @@ class PSPNet(nn.Module):
         except (ValueError, NotImplementedError, AttributeError) as err:
             raise ValueError(f"encoder_name: {config.encoder_name!r} cannot run at output_stride=8 "
                              f"({str(err)[:200]})") from err
+        # Inputs are ImageNet mean/std-normalised; encoders whose weights expect another normalisation
+        # (EfficientNet-Lite: (x/255 - 0.5) / 0.5) get it here, so every PSPNet takes the same input.
+        scale, shift = input_affine(config.encoder_name)
+        self._renormalise = not (torch.all(scale == 1) and torch.all(shift == 0))
+        self.register_buffer("rgb_scale", scale, persistent=False)
+        self.register_buffer("rgb_shift", shift, persistent=False)
         channels = list(self.encoder.out_channels)
         self.feature_channels = channels[-1]
         self.aux_in_channels = channels[-2]  # stage 3 of a ResNet (layer3, 1024 channels for resnet50)
@@ -112,6 +120,11 @@ class PSPNet(nn.Module):
             config = PSPNetConfig.from_dict(config)
         return cls(config=config)
 
+    def load_imagenet(self) -> PSPNet:
+        """Initialise the encoder from locally installed ImageNet weights (see :mod:`cascadepsp.pretrained`)."""
+        load_imagenet_encoder(self.encoder, self.config.encoder_name)
+        return self
+
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the randomly initialised heads (PPM, classifier, aux): they get 10x lr in training."""
         for module in (self.ppm, self.head, self.aux_head):
@@ -125,6 +138,8 @@ class PSPNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"x: expected a (B, {self.config.in_channels}, H, W) tensor, got {tuple(x.shape)}")
         size = x.shape[-2:]
+        if self._renormalise:
+            x = x * self.rgb_scale + self.rgb_shift
         features = self.encoder(x)
         logits = self.head(self.ppm(features[-1]))
         main = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

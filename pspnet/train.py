@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cascadepsp.pretrained import SOURCES as PRETRAINED_SOURCES
 from cascadepsp.weights import resolve_device
 
 from .augment import IGNORE_INDEX, AugmentConfig
@@ -40,6 +41,7 @@ class TrainConfig:
     data: tuple[str, ...]
     out_dir: str
     encoder_name: str = "resnet18"
+    pretrained: bool = True  # ImageNet-initialise the encoder when local weights exist for it
     classes: int = 2
     mask_mode: str = "binary"
     crop_size: int = 320
@@ -263,7 +265,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     val_samples = collect_samples(cfg, "val")
     dataset = SegmentationDataset(train_samples, cfg.crop_size, cfg.base_size, cfg.mask_mode, cfg.augment)
 
-    model = PSPNet(config=cfg.model_config()).to(device)
+    model = PSPNet(config=cfg.model_config())
+    if cfg.pretrained and cfg.encoder_name in PRETRAINED_SOURCES:
+        model.load_imagenet()
+    model = model.to(device)
     optimizer = build_optimizer(model, cfg)
     ckpt_path = out / CHECKPOINT_NAME
     step = 0

@@ -172,3 +172,27 @@ def test_default_weights_path_is_inside_the_package():
     path = pspnet.bundled_path()
     assert path.name == "pspnet_fg.safetensors" and path.parent.name == "weights"
     assert path.parent.parent.name == "pspnet"
+
+
+def test_lite0_encoder_is_imagenet_initialised_at_output_stride_8():
+    """PSPNet on EfficientNet-Lite0 loads the same local ImageNet weights as the refiner; its input stays
+    ImageNet mean/std-normalised and is mapped to the encoder's own (x/255 - 0.5) / 0.5 inside."""
+    import warnings
+
+    from cascadepsp.pretrained import pretrained_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = pspnet.create("timm-tf_efficientnet_lite0", classes=2, **SMALL)
+    src = torch.load(pretrained_file("timm-tf_efficientnet_lite0"), map_location="cpu", weights_only=True)
+    assert not torch.equal(model.encoder.conv_stem.weight, src["_conv_stem.weight"])
+    model.load_imagenet().eval()
+    assert torch.equal(model.encoder.conv_stem.weight, src["_conv_stem.weight"])
+    x = torch.zeros(1, 3, 64, 96)
+    with torch.no_grad():
+        feats = model.encoder(x)
+    assert feats[-1].shape[-2:] == (8, 12) and model.feature_channels == 320
+    white = (torch.ones(1, 3, 1, 1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / \
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(white * model.rgb_scale + model.rgb_shift, torch.ones(1, 3, 1, 1))
+    assert not pspnet.create("resnet18", classes=2, **SMALL)._renormalise
