@@ -7,7 +7,6 @@ DataLoader workers and a resumed run sees exactly the data an uninterrupted run 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -20,142 +19,35 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .datasets import Sample, find_davis, find_original, fit_size, read_rgb, read_soft_mask
+from .imageio import IMAGE_EXTS
 from .inference import IMAGENET_MEAN, IMAGENET_STD
 from .perturb import PerturbConfig, perturb_mask
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
 
 # ---------------------------------------------------------------------------------------------- sources
 
 
-@dataclass(frozen=True)
-class Item:
-    """One image / ground-truth pair; ``coarse`` is a real segmenter's mask for it when the source has one."""
-
-    name: str
-    image: Path
-    mask: Path
-    group: str  # source folder or DAVIS sequence: the unit of the train/val split for video
-    coarse: Path | None = None
-
-
-def list_im_gt(root: str | os.PathLike) -> list[Item]:
-    """Pairs ``<name>_im.jpg`` + ``<name>_gt.png`` of a folder (``<name>_seg.png`` is kept as ``coarse``)."""
-    root = Path(root)
-    if not root.is_dir():
+def list_im_gt(root: str | os.PathLike) -> list[Sample]:
+    """Training samples of an original-layout folder: ``<name>_im`` with ``<name>_gt`` (``_seg`` kept as mask)."""
+    if not Path(root).is_dir():
         raise ValueError(f"root: no such folder {root}")
-    items = []
-    for im in sorted(root.iterdir()):
-        stem, suffix = im.stem, im.suffix.lower()
-        if suffix not in IMAGE_SUFFIXES or not stem.endswith("_im"):
-            continue
-        name = stem[:-3]
-        gt = root / f"{name}_gt.png"
-        if not gt.is_file():
-            continue
-        seg = root / f"{name}_seg.png"
-        items.append(Item(name, im, gt, root.name, seg if seg.is_file() else None))
-    if not items:
+    samples = [s for s in find_original(root).samples if s.image is not None and s.gt is not None]
+    if not samples:
         raise ValueError(f"root: no <name>_im.jpg / <name>_gt.png pairs in {root}")
-    return items
+    return samples
 
 
-def davis_sequences(root: str | os.PathLike) -> list[str]:
-    """Sorted sequence names of a DAVIS-layout folder (``JPEGImages/<seq>``)."""
-    jpeg = Path(root) / "JPEGImages"
-    if not jpeg.is_dir():
-        raise ValueError(f"root: {root} has no JPEGImages/ folder (expected the DAVIS layout)")
-    return sorted(p.name for p in jpeg.iterdir() if p.is_dir())
-
-
-def list_davis(root: str | os.PathLike, sequences: Sequence[str] | None = None) -> list[Item]:
-    """Frames of ``JPEGImages/<seq>/*.jpg`` with an ``Annotations/<seq>/*.png`` mask, for the given sequences.
-
-    ``coarse_u2netp/<seq>/<frame>.png`` is attached as the real coarse mask where it exists.
-    """
-    root = Path(root)
-    known = davis_sequences(root)
-    if sequences is None:
-        sequences = known
-    unknown = sorted(set(sequences) - set(known))
-    if unknown:
-        raise ValueError(f"sequences: unknown DAVIS sequences {unknown}; available: {known}")
-    items = []
-    for seq in sorted(sequences):
-        for im in sorted((root / "JPEGImages" / seq).iterdir()):
-            if im.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            gt = root / "Annotations" / seq / f"{im.stem}.png"
-            if not gt.is_file():
-                continue
-            coarse = root / "coarse_u2netp" / seq / f"{im.stem}.png"
-            items.append(Item(f"{seq}/{im.stem}", im, gt, seq, coarse if coarse.is_file() else None))
-    return items
-
-
-def split_davis(root: str | os.PathLike, val_sequences: Sequence[str] | None = None,
-                n_val: int = 3) -> tuple[list[str], list[str]]:
-    """(train, val) sequence names: ``val_sequences`` if given, else the last ``n_val`` in sorted order."""
-    seqs = davis_sequences(root)
-    if val_sequences is None:
-        if not 0 <= n_val < len(seqs):
-            raise ValueError(f"n_val: expected 0..{len(seqs) - 1} for {len(seqs)} sequences, got {n_val}")
-        val = seqs[len(seqs) - n_val:]
-    else:
-        unknown = sorted(set(val_sequences) - set(seqs))
-        if unknown:
-            raise ValueError(f"val_sequences: unknown DAVIS sequences {unknown}; available: {seqs}")
-        val = sorted(val_sequences)
-    return [s for s in seqs if s not in val], list(val)
-
-
-def split_by_name(items: Sequence[Item], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Item], list[Item]]:
-    """Deterministic (train, val) split of independent images: the ``val_fraction`` with the smallest hash of
-    ``seed:name`` go to validation (stable under reordering; adding images moves few others)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
-    n_val = int(round(len(items) * val_fraction))
-    ranked = sorted(items, key=lambda it: hashlib.sha1(f"{seed}:{it.name}".encode()).hexdigest())
-    val_names = {it.name for it in ranked[:n_val]}
-    return [it for it in items if it.name not in val_names], [it for it in items if it.name in val_names]
+def list_davis(root: str | os.PathLike, sequences: Sequence[str] | None = None) -> list[Sample]:
+    """Training samples of DAVIS ``sequences``: frames with a ground truth (the ``coarse_u2netp`` mask attached)."""
+    return [s for s in find_davis(root, sequences) if s.gt is not None]
 
 
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _target_size(h: int, w: int, max_side: int | None) -> tuple[int, int]:
-    if not max_side or max(h, w) <= max_side:
-        return h, w
-    s = max_side / max(h, w)
-    return max(1, round(h * s)), max(1, round(w * s))
-
-
-def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
-    """Decode an image as HxWx3 uint8 RGB, area-downscaled so its long side is at most ``max_side``."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"path: cannot read image {path}")
-    h, w = _target_size(*bgr.shape[:2], max_side)
-    if (h, w) != bgr.shape[:2]:
-        bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a mask as HxW uint8 0-255, resized to ``size`` (h, w) with area averaging (soft edges)."""
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise ValueError(f"path: cannot read mask {path}")
-    if size is not None and m.shape != tuple(size):
-        interp = cv2.INTER_AREA if size[0] < m.shape[0] else cv2.INTER_LINEAR
-        m = cv2.resize(m, (size[1], size[0]), interpolation=interp)
-    return m
-
-
 @dataclass
-class Loaded:
-    """Decoded arrays of one item, all the same size: RGB image, GT 0-255 and optional real coarse mask."""
+class Decoded:
+    """Decoded arrays of one sample, all the same size: RGB image, GT 0-255 and optional real coarse mask."""
 
     image: np.ndarray
     gt: np.ndarray
@@ -165,26 +57,26 @@ class Loaded:
 class ImageStore:
     """Decoded, size-capped arrays of a list of items, cached on first use (or all at once with ``preload``).
 
-    Items repeated in the list (to weight a source up) share one cache entry. Preload in the main process
+    Samples repeated in the list (to weight a source up) share one cache entry. Preload in the main process
     before DataLoader workers fork, so they share the cache instead of each decoding their own copy.
     """
 
-    def __init__(self, items: Sequence[Item], max_side: int | None = 640) -> None:
+    def __init__(self, items: Sequence[Sample], max_side: int | None = 640) -> None:
         self.items = list(items)
         self.max_side = max_side
-        self._cache: dict[Item, Loaded] = {}
+        self._cache: dict[Sample, Decoded] = {}
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _load(self, it: Item) -> Loaded:
-        image = load_rgb(it.image, self.max_side)
+    def _load(self, it: Sample) -> Decoded:
+        image, header = read_rgb(it.image, self.max_side)
         size = image.shape[:2]
-        gt = load_mask(it.mask, size)
-        coarse = load_mask(it.coarse, size) if it.coarse is not None else None
-        return Loaded(image, gt, coarse)
+        gt = read_soft_mask(it.gt, header, size, "ground truth")
+        coarse = read_soft_mask(it.mask, header, size) if it.mask is not None else None
+        return Decoded(image, gt, coarse)
 
-    def get(self, i: int) -> Loaded:
+    def get(self, i: int) -> Decoded:
         it = self.items[i]
         got = self._cache.get(it)
         if got is None:
@@ -192,7 +84,7 @@ class ImageStore:
         return got
 
     def preload(self, threads: int = 4) -> None:
-        """Decode every item now (cv2 releases the GIL, so a few threads help)."""
+        """Decode every item now (decoders release the GIL, so a few threads help)."""
         todo = list(dict.fromkeys(it for it in self.items if it not in self._cache))
         with ThreadPoolExecutor(max(1, threads)) as pool:
             for it, loaded in zip(todo, pool.map(self._load, todo), strict=True):
@@ -210,7 +102,7 @@ def load_backgrounds(folder: str | os.PathLike | None, max_side: int = 1024) -> 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"backgrounds: no such folder {folder}")
-    paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
     if not paths:
         raise ValueError(f"backgrounds: no images in {folder}")
     out = []
@@ -224,7 +116,7 @@ def load_backgrounds(folder: str | os.PathLike | None, max_side: int = 1024) -> 
                 flag = reduced
                 break
         bgr = cv2.imread(str(p), flag)
-        h, w = _target_size(*bgr.shape[:2], max_side)
+        h, w = fit_size(*bgr.shape[:2], max_side)
         if (h, w) != bgr.shape[:2]:
             bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
         out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
@@ -534,7 +426,7 @@ class ValExample:
     coarse_real: np.ndarray | None = None
 
 
-def build_val_examples(items: Sequence[Item], max_side: int = 640, max_items: int | None = 64, seed: int = 0,
+def build_val_examples(items: Sequence[Sample], max_side: int = 640, max_items: int | None = 64, seed: int = 0,
                        perturb: PerturbConfig | None = None) -> list[ValExample]:
     """Evenly spaced ``max_items`` of ``items`` (all if None), size-capped, each with a seeded synthetic
     coarse mask (perturbed at the validation size) and the source's real coarse mask where present."""

@@ -21,131 +21,59 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import datasets, imageio
 from .baselines import BASELINES
+from .datasets import Sample, select_samples
 from .metrics import SegMetrics
 
 __all__ = ["COARSE", "REFINER", "EvalResults", "Sample", "build_methods", "davis_triplets", "evaluate_pairs",
-           "find_triplets", "format_table", "load_sample", "match_folders", "save_figure", "write_csv"]
+           "find_triplets", "format_table", "load_sample", "match_folders", "save_figure", "select_samples",
+           "write_csv"]
 
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 COARSE = "coarse"  # the unmodified coarse input, always evaluated
 REFINER = "cascadepsp"  # the learned refiner's method name
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One evaluation triplet: a display name and the paths of image, coarse mask and ground truth."""
-
-    name: str
-    image: Path
-    seg: Path
-    gt: Path
 
 
 # ---------------------------------------------------------------- dataset discovery
 
 def find_triplets(directory: str | os.PathLike) -> list[Sample]:
-    """All ``<name>_gt.png`` under ``directory`` (recursive) with a sibling ``<name>_seg.png`` and ``<name>_im.*``."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise ValueError(f"directory: not a folder: {root}")
-    samples = []
-    for gt in sorted(root.rglob("*_gt.png")):
-        stem = gt.name[: -len("_gt.png")]
-        seg = gt.with_name(f"{stem}_seg.png")
-        ims = [gt.with_name(f"{stem}_im{ext}") for ext in (".jpg", ".png", ".jpeg")]
-        im = next((p for p in ims if p.is_file()), None)
-        if im is None or not seg.is_file():
-            continue  # GT without an input (e.g. a results folder): not a triplet
-        samples.append(Sample(str(gt.parent.relative_to(root) / stem), im, seg, gt))
-    if not samples:
-        raise ValueError(f"directory: no <name>_im.jpg|png / <name>_seg.png / <name>_gt.png triplets in {root}")
-    return samples
-
-
-def _index_by_stem(folder: Path, what: str) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise ValueError(f"{what}: not a folder: {folder}")
-    index: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-            key = str(p.relative_to(folder).with_suffix(""))
-            if key in index:
-                raise ValueError(f"{what}: two files share the stem {key!r}: {index[key].name}, {p.name}")
-            index[key] = p
-    return index
+    """Every ``<name>_im`` with a ``<name>_seg`` and a ``<name>_gt`` under ``directory`` (recursive)."""
+    return datasets.original_eval_samples(directory)
 
 
 def match_folders(image_dir: str | os.PathLike, seg_dir: str | os.PathLike,
                   gt_dir: str | os.PathLike) -> list[Sample]:
     """Triplets from three folders, matched by relative path without extension (recursive)."""
-    ims = _index_by_stem(Path(image_dir), "image_dir")
-    segs = _index_by_stem(Path(seg_dir), "seg_dir")
-    gts = _index_by_stem(Path(gt_dir), "gt_dir")
-    keys = sorted(set(ims) & set(segs) & set(gts))
-    if not keys:
+    for what, folder in (("image_dir", image_dir), ("seg_dir", seg_dir), ("gt_dir", gt_dir)):
+        if not Path(folder).is_dir():
+            raise ValueError(f"{what}: not a folder: {folder}")
+    found = datasets.find_by_stem(image_dir, seg_dir, gt_dir).samples
+    ambiguous = [s for s in found if s.problem and not s.problem.startswith("missing")]
+    if ambiguous:
+        raise ValueError(f"{ambiguous[0].name}: {ambiguous[0].problem}")
+    samples = datasets.usable(found, "mask", "gt")
+    if not samples:
         raise ValueError(f"seg_dir: no file stems common to {image_dir}, {seg_dir} and {gt_dir}")
-    return [Sample(k, ims[k], segs[k], gts[k]) for k in keys]
-
-
-def davis_triplets(root: str | os.PathLike, sequences: Sequence[str] | None = None,
-                   coarse_dir: str = "coarse_u2netp") -> list[Sample]:
-    """DAVIS-2016 triplets for every coarse mask ``<root>/<coarse_dir>/<seq>/<frame>.png`` of ``sequences``."""
-    root = Path(root)
-    coarse = root / coarse_dir
-    if not coarse.is_dir():
-        raise ValueError(f"davis: no coarse-mask folder {coarse}")
-    available = sorted(p.name for p in coarse.iterdir() if p.is_dir())
-    seqs = list(sequences) if sequences else available
-    unknown = [s for s in seqs if s not in available]
-    if unknown:
-        raise ValueError(f"sequences: unknown {unknown}; available: {', '.join(available)}")
-    samples = []
-    for seq in seqs:
-        for seg in sorted((coarse / seq).glob("*.png")):
-            im = root / "JPEGImages" / seq / f"{seg.stem}.jpg"
-            gt = root / "Annotations" / seq / f"{seg.stem}.png"
-            for p in (im, gt):
-                if not p.is_file():
-                    raise ValueError(f"davis: missing {p} for coarse mask {seg}")
-            samples.append(Sample(f"{seq}/{seg.stem}", im, seg, gt))
     return samples
 
 
-def select_samples(directory: str | os.PathLike | None = None, *, davis: str | os.PathLike | None = None,
-                   sequences: str | None = None, split: str = "all") -> list[Sample]:
-    """Triplets of a DAVIS root (``sequences``: comma-separated) or of a flat folder, optionally restricted to
-    the training or validation part of the refiner's name-hash split (``split``: all / train / val)."""
-    if davis:
-        return davis_triplets(davis, [s for s in sequences.split(",") if s] if sequences else None)
-    if directory is None:
-        raise ValueError("directory: give a folder of triplets or a DAVIS root")
-    samples = find_triplets(directory)
-    if split == "all":
-        return samples
-    if split not in ("train", "val"):
-        raise ValueError(f"split: expected all, train or val, got {split!r}")
-    from .data import split_by_name
-
-    train, val = split_by_name(samples)
-    return val if split == "val" else train
+def davis_triplets(root: str | os.PathLike, sequences: Sequence[str] | None = None,
+                   coarse_dir: str = datasets.DAVIS_COARSE) -> list[Sample]:
+    """DAVIS-2016 triplets for every coarse mask ``<root>/<coarse_dir>/<seq>/<frame>.png`` of ``sequences``."""
+    return datasets.davis_eval_samples(root, sequences, coarse_dir)
 
 
 def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(HxWx3 uint8 RGB image, HxW uint8 coarse mask, HxW uint8 GT); a coarse mask of another size is resized."""
-    with Image.open(sample.image) as f:
-        image = np.asarray(f.convert("RGB"))
-    with Image.open(sample.gt) as f:
-        gt = np.asarray(f.convert("L"))
-    with Image.open(sample.seg) as f:
-        seg_im = f.convert("L")
-        if seg_im.size != (gt.shape[1], gt.shape[0]):  # as the original eval: bilinear to the GT size
-            seg_im = seg_im.resize((gt.shape[1], gt.shape[0]), Image.BILINEAR)
-        seg = np.asarray(seg_im)
-    if image.shape[:2] != gt.shape:
-        raise ValueError(f"image: {sample.image} is {image.shape[1]}x{image.shape[0]} but its GT {sample.gt} is "
-                         f"{gt.shape[1]}x{gt.shape[0]}")
+    """(HxWx3 uint8 RGB image, HxW uint8 coarse mask, HxW uint8 GT), masks read by :mod:`cascadepsp.datasets`
+    rules; a coarse mask of another size is resized to the GT's (bilinear, as the original eval)."""
+    image, header = datasets.read_rgb(sample.image)
+    gt = datasets.read_soft_mask(sample.gt, header, what="ground truth")
+    soft = imageio.read_mask(sample.mask).soft()
+    try:
+        seg, _ = datasets.align_to_image(soft, header, "mask")
+    except ValueError:  # another size: resized as the original eval does
+        seg = np.asarray(Image.fromarray(soft).resize((gt.shape[1], gt.shape[0]), Image.BILINEAR))
     return image, seg, gt
 
 

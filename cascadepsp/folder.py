@@ -15,10 +15,8 @@ import json
 import logging
 import math
 import os
-import re
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +25,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import imageio
+from . import datasets, imageio
+from .datasets import Sample
 from .labels import refine_label_map
 from .metrics import SegMetrics, boundary_accuracy, mask_iou
 from .overlay import make_overlay
@@ -35,39 +34,29 @@ from .refiner import Refiner, check_L
 
 LOG = logging.getLogger("cascadepsp.folder")
 MAX_LABELS = 255  # more distinct ids than this in --labels mode is almost surely a soft mask, not a label map
-_IM_RE = re.compile(r"^(?P<name>.+)_im$", re.IGNORECASE)
-_SEG_RE = re.compile(r"^(?P<name>.+)_seg$", re.IGNORECASE)
 PathLike = str | os.PathLike
 
 
 # ----------------------------------------------------------------------------------------------- pairing
 
 @dataclass
-class Pair:
-    """One unit of work: an image, its coarse mask, an optional ground truth, and where results go."""
+class Job:
+    """One unit of work: a sample (image, coarse mask, optional ground truth) and where its results go."""
 
-    name: str  # relative name used in logs and the report, e.g. "street/0001"
-    image: Path | None
-    mask: Path | None
-    gt: Path | None
+    sample: Sample
     output: Path
     overlay: Path
-    problem: str | None = None  # set when pairing already failed (missing mask, ambiguous name)
 
 
 @dataclass
 class Pairing:
-    pairs: list[Pair]
+    jobs: list[Job]
     input_dirs: list[Path]
     orphans: list[str] = field(default_factory=list)  # masks without an image (reported, not processed)
 
 
 def _resolved(path: PathLike) -> Path:
     return Path(path).expanduser().resolve()
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def check_output_dir(out: PathLike, input_dirs: Sequence[PathLike]) -> Path:
@@ -85,125 +74,28 @@ def check_output_dir(out: PathLike, input_dirs: Sequence[PathLike]) -> Path:
     return out_r
 
 
-def _walk(root: Path, exclude: Sequence[Path]) -> Iterator[Path]:
-    """Relative paths of the non-hidden files under ``root``, sorted, skipping excluded sub-trees."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and not any(_inside((here / d).resolve(), e) for e in exclude))
-        for f in sorted(filenames):
-            if not f.startswith(".") and not imageio.is_temp_file(f):
-                yield (here / f).relative_to(root)
+def output_paths(sample: Sample, out: Path, original_layout: bool) -> tuple[Path, Path]:
+    """(mask, overlay) outputs: ``<name>_mask.png`` in the original layout (the original eval's naming), else
+    ``<stem>.png``; the overlay is ``<name>_overlay.jpg``; sub-folders are kept."""
+    stem = f"{sample.name}_mask" if original_layout else sample.name
+    return out / f"{stem}.png", out / f"{sample.name}_overlay.jpg"
 
 
-def _index(root: Path, exts: Sequence[str], exclude: Sequence[Path]) -> dict[tuple[str, str], list[Path]]:
-    """(relative parent, stem) -> files with one of ``exts`` (in ``exts`` order)."""
-    idx: dict[tuple[str, str], list[Path]] = defaultdict(list)
-    for rel in _walk(root, exclude):
-        if rel.suffix.lower() in exts:
-            idx[(rel.parent.as_posix(), rel.stem)].append(root / rel)
-    for files in idx.values():
-        files.sort(key=lambda p: exts.index(p.suffix.lower()))
-    return idx
-
-
-def _one(files: list[Path], what: str) -> tuple[Path | None, str | None]:
-    if not files:
-        return None, f"missing {what}"
-    if len(files) > 1:
-        return None, f"ambiguous {what}: " + ", ".join(p.name for p in files)
-    return files[0], None
-
-
-def _out_paths(out: Path, parent: str, out_stem: str, overlay_stem: str) -> tuple[Path, Path]:
-    folder = out if parent == "." else out / parent
-    return folder / f"{out_stem}.png", folder / f"{overlay_stem}_overlay.jpg"
-
-
-def _name(parent: str, stem: str) -> str:
-    return stem if parent == "." else f"{parent}/{stem}"
-
-
-def _find_gt(gt_idx: dict[tuple[str, str], list[Path]] | None, parent: str, *stems: str) -> tuple[Path | None, str | None]:
-    if gt_idx is None:
-        return None, None
-    for stem in stems:
-        if (parent, stem) in gt_idx:
-            return _one(gt_idx[(parent, stem)], "ground truth")
-    return None, None
-
-
-def pair_original_layout(root: PathLike, out: PathLike, gt: PathLike | None = None) -> Pairing:
-    """Pairs ``<name>_im.<ext>`` with ``<name>_seg.<ext>`` (and ``<name>_gt.<ext>``) in every folder under ``root``.
-
-    Outputs: ``<out>/<sub-folder>/<name>_mask.png`` (the original eval's naming) and ``<name>_overlay.jpg``.
-    """
-    root, out = _resolved(root), _resolved(out)
-    exclude = [out] + ([_resolved(gt)] if gt is not None else [])
-    images, masks, gts = defaultdict(list), defaultdict(list), defaultdict(list)
-    for rel in _walk(root, exclude):
-        ext, parent = rel.suffix.lower(), rel.parent.as_posix()
-        if (m := _IM_RE.match(rel.stem)) and ext in imageio.IMAGE_EXTS:
-            images[(parent, m.group("name"))].append(root / rel)
-        elif (m := _SEG_RE.match(rel.stem)) and ext in imageio.MASK_EXTS:
-            masks[(parent, m.group("name"))].append(root / rel)
-        elif rel.stem.lower().endswith("_gt") and ext in imageio.MASK_EXTS:
-            gts[(parent, rel.stem[:-3])].append(root / rel)
-    # --gt DIR holds <name>.<ext> or <name>_gt.<ext>; otherwise the <name>_gt files beside the images are used
-    gt_idx = _index(_resolved(gt), imageio.MASK_EXTS, [out, root]) if gt is not None else gts
-    pairs = []
-    for key in sorted(images):
-        parent, name = key
-        image, problem = _one(images[key], "image")
-        mask, mask_problem = _one(masks.get(key, []), "mask")
-        gt_path, gt_problem = _find_gt(gt_idx, parent, name, f"{name}_gt")
-        output, overlay = _out_paths(out, parent, f"{name}_mask", name)
-        pairs.append(Pair(_name(parent, name), image, mask, gt_path, output, overlay,
-                          problem or mask_problem or gt_problem))
-    orphans = [_name(*k) for k in sorted(masks) if k not in images]
-    return Pairing(pairs, [root] + ([_resolved(gt)] if gt is not None else []), orphans)
-
-
-def pair_by_stem(images: PathLike, masks: PathLike, out: PathLike, gt: PathLike | None = None) -> Pairing:
-    """Pairs ``<images>/<sub>/<stem>.<ext>`` with ``<masks>/<sub>/<stem>.<ext>`` (and the same in ``gt``).
-
-    Outputs: ``<out>/<sub>/<stem>.png`` and ``<out>/<sub>/<stem>_overlay.jpg``.
-    """
-    im_root, mask_root, out = _resolved(images), _resolved(masks), _resolved(out)
-    gt_root = _resolved(gt) if gt is not None else None
-    if im_root == mask_root:
-        raise ValueError(f"masks: {masks} is the image folder; for one folder use the original layout "
-                         "(<name>_im.jpg + <name>_seg.png) and pass only that folder")
-    others = [out, mask_root] + ([gt_root] if gt_root else [])
-    im_idx = _index(im_root, imageio.IMAGE_EXTS, others)
-    mask_idx = _index(mask_root, imageio.MASK_EXTS, [out, im_root] + ([gt_root] if gt_root else []))
-    gt_idx = _index(gt_root, imageio.MASK_EXTS, [out, im_root, mask_root]) if gt_root else None
-    pairs = []
-    for key in sorted(im_idx):
-        parent, stem = key
-        image, problem = _one(im_idx[key], "image")
-        if problem:
-            problem = "several images share this name: " + ", ".join(p.name for p in im_idx[key])
-        mask, mask_problem = _one(mask_idx.get(key, []), "mask")
-        gt_path, gt_problem = _find_gt(gt_idx, parent, stem)
-        output, overlay = _out_paths(out, parent, stem, stem)
-        pairs.append(Pair(_name(parent, stem), image, mask, gt_path, output, overlay,
-                          problem or mask_problem or gt_problem))
-    orphans = [_name(*k) for k in sorted(mask_idx) if k not in im_idx]
-    return Pairing(pairs, [im_root, mask_root] + ([gt_root] if gt_root else []), orphans)
-
-
-def find_pairs(inputs: Sequence[PathLike], out: PathLike, gt: PathLike | None = None) -> Pairing:
+def find_jobs(inputs: Sequence[PathLike], out: PathLike, gt: PathLike | None = None) -> Pairing:
     """One folder: original layout; two folders: images + masks by stem. Checks ``out`` first."""
     if len(inputs) not in (1, 2):
         raise ValueError(f"inputs: expected one folder (original layout) or two (images, masks), got {len(inputs)}")
     for p in [*inputs, *([gt] if gt is not None else [])]:
         if not Path(p).is_dir():
             raise ValueError(f"inputs: {p} is not a folder")
-    check_output_dir(out, [*inputs, *([gt] if gt is not None else [])])
+    out_r = check_output_dir(out, [*inputs, *([gt] if gt is not None else [])])
     if len(inputs) == 1:
-        return pair_original_layout(inputs[0], out, gt)
-    return pair_by_stem(inputs[0], inputs[1], out, gt)
+        found = datasets.find_original(inputs[0], gt, exclude=[out_r])
+    else:
+        found = datasets.find_by_stem(inputs[0], inputs[1], gt, exclude=[out_r])
+    jobs = [Job(s, *output_paths(s, out_r, len(inputs) == 1)) for s in found.samples]
+    dirs = [_resolved(d) for d in [*inputs, *([gt] if gt is not None else [])]]
+    return Pairing(jobs, dirs, found.orphans)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -276,7 +168,7 @@ class Options:
 
 
 @dataclass
-class Loaded:
+class JobInputs:
     """An item's inputs in the upright frame of the photo, plus how to map results back to the mask's frame."""
 
     rgb: np.ndarray | None
@@ -286,16 +178,6 @@ class Loaded:
     gt: np.ndarray | None
     mask_rotated: bool  # the mask was stored in the photo's un-rotated (raw EXIF) frame
     note: str = ""
-
-
-def _to_upright(arr: np.ndarray, header: imageio.ImageHeader, what: str) -> tuple[np.ndarray, bool]:
-    """A mask matching the upright photo is used as is; one matching the stored (raw) photo is rotated too."""
-    size = (arr.shape[1], arr.shape[0])
-    if size == header.size:
-        return arr, False
-    if size == header.stored_size:
-        return imageio.orient(arr, header.orientation), True
-    raise ValueError(f"{what} size {size[0]}x{size[1]} does not match image size {header.size[0]}x{header.size[1]}")
 
 
 def _mask_values(mf: imageio.MaskFile, labels: bool, what: str,
@@ -317,22 +199,22 @@ def _binary_note(mf: imageio.MaskFile, coarse: np.ndarray) -> str:
     return ""
 
 
-def _load(pair: Pair, opts: Options, need_image: bool = True) -> Loaded:
+def _load(job: Job, opts: Options, need_image: bool = True) -> JobInputs:
     if need_image:
-        rgb, header = imageio.read_image(pair.image)
+        rgb, header = imageio.read_image(job.sample.image)
     else:
-        rgb, header = None, imageio.read_image_header(pair.image)
-    mf = imageio.read_mask(pair.mask)
-    coarse, rotated = _to_upright(_mask_values(mf, opts.labels, "mask"), header, "mask")
+        rgb, header = None, imageio.read_image_header(job.sample.image)
+    mf = imageio.read_mask(job.sample.mask)
+    coarse, rotated = datasets.align_to_image(_mask_values(mf, opts.labels, "mask"), header, "mask")
     note = "" if opts.labels else _binary_note(mf, coarse)
     gt = None
-    if pair.gt is not None and opts.metrics:
-        gt, _ = _to_upright(_mask_values(imageio.read_mask(pair.gt), opts.labels, "ground truth", mf), header,
+    if job.sample.gt is not None and opts.metrics:
+        gt, _ = datasets.align_to_image(_mask_values(imageio.read_mask(job.sample.gt), opts.labels, "ground truth", mf), header,
                             "ground truth")
     if rotated:
         note = "; ".join(filter(None, [note, f"mask matched the un-rotated photo (EXIF orientation "
                                              f"{header.orientation}); output kept in the mask's frame"]))
-    return Loaded(rgb, header, mf, coarse, gt, rotated, note)
+    return JobInputs(rgb, header, mf, coarse, gt, rotated, note)
 
 
 def _object_metrics(coarse: np.ndarray, refined: np.ndarray, gt: np.ndarray, labels: bool
@@ -343,7 +225,7 @@ def _object_metrics(coarse: np.ndarray, refined: np.ndarray, gt: np.ndarray, lab
     return [(coarse == i, refined == i, gt == i) for i in np.unique(gt) if i != 0]
 
 
-def _score(row: Row, loaded: Loaded, refined: np.ndarray, opts: Options, acc: dict[str, SegMetrics]) -> None:
+def _score(row: Row, loaded: JobInputs, refined: np.ndarray, opts: Options, acc: dict[str, SegMetrics]) -> None:
     """Fill changed_fraction and, with a GT, IoU / boundary accuracy (mean over objects in labels mode)."""
     ref_bin = refined if opts.labels else refined > 128
     row.changed_fraction = float(np.mean(loaded.coarse != ref_bin))
@@ -370,22 +252,22 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(kept)) if kept else math.nan
 
 
-def _refine(refiner: Any, loaded: Loaded, opts: Options) -> np.ndarray:
+def _refine(refiner: Any, loaded: JobInputs, opts: Options) -> np.ndarray:
     """Upright result: uint8 0-255 (soft, or 0/255 with a threshold) or an id map in labels mode."""
     if opts.labels:
         return refine_label_map(refiner, loaded.rgb, loaded.coarse, fast=opts.fast, L=opts.L)
     return refiner.refine(loaded.rgb, loaded.coarse, fast=opts.fast, L=opts.L, threshold=opts.threshold)
 
 
-def _encode(refined_stored: np.ndarray, loaded: Loaded, opts: Options) -> bytes:
+def _encode(refined_stored: np.ndarray, loaded: JobInputs, opts: Options) -> bytes:
     if opts.labels:
         return loaded.mask_file.encode_labels(refined_stored)
     return imageio.encode_png(refined_stored)
 
 
-def _read_existing(pair: Pair, loaded: Loaded, opts: Options) -> np.ndarray:
+def _read_existing(job: Job, loaded: JobInputs, opts: Options) -> np.ndarray:
     """A previous run's output, in the upright frame."""
-    mf = imageio.read_mask(pair.output)
+    mf = imageio.read_mask(job.output)
     values = mf.label_ids_like(loaded.mask_file) if opts.labels else mf.values
     if not opts.labels and values.dtype != np.uint8:
         values = np.clip(values, 0, 255).astype(np.uint8)
@@ -401,39 +283,39 @@ class _Guard:
     def write(self, path: Path, data: bytes) -> None:
         target = _resolved(path)
         for d in self.input_dirs:
-            if _inside(target, d):
+            if datasets.inside(target, d):
                 raise RuntimeError(f"refusing to write {path}: it is inside the input folder {d}")
         imageio.write_atomic(target, data)
 
 
-def _is_complete(pair: Pair, opts: Options) -> bool:
-    if not pair.output.exists():
+def _is_complete(job: Job, opts: Options) -> bool:
+    if not job.output.exists():
         return False
-    size = imageio.read_mask_size(pair.mask)
-    if not imageio.is_valid_image(pair.output, size):
+    size = imageio.read_mask_size(job.sample.mask)
+    if not imageio.is_valid_image(job.output, size):
         return False
-    return not opts.overlay or imageio.is_valid_image(pair.overlay)
+    return not opts.overlay or imageio.is_valid_image(job.overlay)
 
 
-def process_pair(pair: Pair, refiner: Any, opts: Options, guard: _Guard, acc: dict[str, SegMetrics],
-                 prefetched: Loaded | BaseException | None = None) -> Row:
-    """Refine one pair (or skip it when its outputs are complete). Per-item errors end up in the row."""
-    row = Row(pair.name, image=str(pair.image or ""), mask=str(pair.mask or ""), output=str(pair.output))
-    if pair.problem:
-        row.error = pair.problem
+def process_job(job: Job, refiner: Any, opts: Options, guard: _Guard, acc: dict[str, SegMetrics],
+                 prefetched: JobInputs | BaseException | None = None) -> Row:
+    """Refine one job (or skip it when its outputs are complete). Per-item errors end up in the row."""
+    row = Row(job.sample.name, image=str(job.sample.image or ""), mask=str(job.sample.mask or ""), output=str(job.output))
+    if job.sample.problem:
+        row.error = job.sample.problem
         return row
     t0 = time.perf_counter()
     try:
-        if opts.resume and _is_complete(pair, opts):
+        if opts.resume and _is_complete(job, opts):
             row.status = "skipped"
             if opts.metrics:
-                loaded = _load(pair, opts, need_image=False)
+                loaded = _load(job, opts, need_image=False)
                 row.width, row.height = loaded.header.size
-                _score(row, loaded, _read_existing(pair, loaded, opts), opts, acc)
+                _score(row, loaded, _read_existing(job, loaded, opts), opts, acc)
             return row
         if isinstance(prefetched, BaseException):
             raise prefetched
-        loaded = prefetched if prefetched is not None else _load(pair, opts)
+        loaded = prefetched if prefetched is not None else _load(job, opts)
         row.width, row.height = loaded.header.size
         row.note = loaded.note
         refined = _refine(refiner, loaded, opts)
@@ -441,8 +323,8 @@ def process_pair(pair: Pair, refiner: Any, opts: Options, guard: _Guard, acc: di
         data = _encode(stored, loaded, opts)
         if opts.overlay:  # overlay first: a complete mask output then implies a complete overlay
             pic = make_overlay(loaded.rgb, loaded.coarse, refined, labels=opts.labels)
-            guard.write(pair.overlay, imageio.encode_jpeg(pic))
-        guard.write(pair.output, data)
+            guard.write(job.overlay, imageio.encode_jpeg(pic))
+        guard.write(job.output, data)
         if opts.metrics:
             _score(row, loaded, refined, opts, acc)
         row.status = "done"
@@ -481,7 +363,7 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
                   overlay: bool = False, resume: bool = True, limit: int | None = None,
                   report: PathLike | None = None, progress: bool = True,
                   on_row: Callable[[Row], None] | None = None) -> Summary:
-    """Refine every pair found in ``inputs`` (see :func:`find_pairs`), writing into ``out``.
+    """Refine every job found in ``inputs`` (see :func:`find_jobs`), writing into ``out``.
 
     ``refiner``: an object with ``refine``/``refine_probability`` (a :class:`~cascadepsp.Refiner`); when
     ``None`` one is built from ``device`` and ``weights``. Failures are logged and counted, never raised;
@@ -496,18 +378,18 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
         raise ValueError(f"limit: expected a positive integer, got {limit}")
     if report is not None and Path(report).suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"report: expected a path ending in .csv or .json, got {report}")
-    pairing = find_pairs(inputs, out, gt)
+    pairing = find_jobs(inputs, out, gt)
     out_r = _resolved(out)
     guard = _Guard(pairing.input_dirs)
     if report is not None:
         report_r = _resolved(report)
         for d in guard.input_dirs:
-            if _inside(report_r, d):
+            if datasets.inside(report_r, d):
                 raise ValueError(f"report: {report} lies inside the input folder {d}")
     if refiner is None:
         refiner = Refiner(device=device, weights=weights)
-    pairs = pairing.pairs[:limit] if limit is not None else pairing.pairs
-    want_metrics = report is not None or any(p.gt is not None for p in pairs)
+    jobs = pairing.jobs[:limit] if limit is not None else pairing.jobs
+    want_metrics = report is not None or any(j.sample.gt is not None for j in jobs)
     opts = Options(fast=fast, L=L, threshold=threshold, labels=labels, overlay=overlay, resume=resume,
                    metrics=want_metrics)
     out_r.mkdir(parents=True, exist_ok=True)
@@ -521,17 +403,17 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
     counts = {"done": 0, "skipped": 0, "failed": 0}
     t0 = time.perf_counter()
     interrupted = finished = False
-    bar = tqdm(total=len(pairs), unit="img", desc="refine", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), unit="img", desc="refine", disable=not progress, dynamic_ncols=True)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cascadepsp-load")
     try:
         ahead: Future | None = None
-        for i, pair in enumerate(pairs):
-            current, ahead = ahead, _prefetch(pool, pairs[i + 1], opts) if i + 1 < len(pairs) else None
+        for i, job in enumerate(jobs):
+            current, ahead = ahead, _prefetch(pool, jobs[i + 1], opts) if i + 1 < len(jobs) else None
             pre = _result(current) if current is not None else None
-            row = process_pair(pair, refiner, opts, guard, acc, pre)
+            row = process_job(job, refiner, opts, guard, acc, pre)
             rows.append(row)
             if row.status == "failed":
-                LOG.warning("%s: %s [%s]", row.name, row.error, pair.image or pair.mask)
+                LOG.warning("%s: %s [%s]", row.name, row.error, job.sample.image or job.sample.mask)
             if on_row is not None:
                 on_row(row)
             counts[row.status] += 1
@@ -549,7 +431,7 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
             summary.metrics = {k: {**v.summary(), "objects": labels} for k, v in acc.items()}
         if report is not None:
             try:
-                write_report(report, summary, with_gt=any(p.gt is not None for p in pairs))
+                write_report(report, summary, with_gt=any(j.sample.gt is not None for j in jobs))
             except Exception as e:
                 if finished:
                     raise
@@ -557,14 +439,14 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
     return summary
 
 
-def _prefetch(pool: ThreadPoolExecutor, pair: Pair, opts: Options) -> Future | None:
-    """Decode the next pair's inputs in the background while the current one is refined."""
-    if pair.problem or (opts.resume and pair.output.exists()):
+def _prefetch(pool: ThreadPoolExecutor, job: Job, opts: Options) -> Future | None:
+    """Decode the next job's inputs in the background while the current one is refined."""
+    if job.sample.problem or (opts.resume and job.output.exists()):
         return None  # skipped or failed without decoding; nothing to gain
-    return pool.submit(_load, pair, opts)
+    return pool.submit(_load, job, opts)
 
 
-def _result(fut: Future) -> Loaded | BaseException:
+def _result(fut: Future) -> JobInputs | BaseException:
     try:
         return fut.result()
     except Exception as e:

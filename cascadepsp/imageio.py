@@ -192,6 +192,20 @@ class MaskFile:
             return v > 0
         return v >= 128 if hi <= 255 else v >= 32768  # half of the range in use: 0-255 or 0-65535
 
+    def soft(self) -> np.ndarray:
+        """HxW uint8 0-255 foreground strength, consistent with :meth:`binary`: ``soft() >= 128 == binary()``."""
+        v = self.values
+        if self.kind in ("bilevel", "palette", "color"):
+            return np.where(v != 0, 255, 0).astype(np.uint8)
+        if self.kind in ("jpeg", "alpha"):
+            return v.astype(np.uint8)
+        hi = int(v.max())
+        if hi <= 1:
+            return (v * 255).astype(np.uint8)
+        if hi <= 255:
+            return v.astype(np.uint8)
+        return ((v.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # rounds; >= 128 iff v >= 32768
+
     def label_ids(self) -> np.ndarray:
         """HxW int32 object ids (0 = background); refuses lossy or cut-out masks."""
         if self.kind == "jpeg":

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from . import data as D
 from .checkpoint import load_state_tolerant, load_weights
 from .config import PRESETS, RMConfig, get_config
+from .datasets import Sample, split_by_name, split_davis
 from .inference import image_to_tensor, mask_to_tensor, refine_single_pass
 from .losses import LossWeights, refinement_loss
 from .metrics import SegMetrics
@@ -137,21 +138,21 @@ class DataBundle:
 
 def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
     """Sources from ``cfg``: DAVIS split by sequence, human_seg split by name hash; preloads the train cache."""
-    train_items: list[D.Item] = []
-    val_items: dict[str, list[D.Item]] = {}
+    train_items: list[Sample] = []
+    val_items: dict[str, list[Sample]] = {}
     summary: dict[str, Any] = {}
     dev = cfg.validate_on == "dev"
     if cfg.human_seg:
-        hs_train, hs_val = D.split_by_name(D.list_im_gt(cfg.human_seg), cfg.human_seg_val_fraction, cfg.seed)
-        hs_dev: list[D.Item] = []
+        hs_train, hs_val = split_by_name(D.list_im_gt(cfg.human_seg), cfg.human_seg_val_fraction, cfg.seed)
+        hs_dev: list[Sample] = []
         if dev:
-            hs_train, hs_dev = D.split_by_name(hs_train, cfg.human_seg_dev_fraction, cfg.seed + 1)
+            hs_train, hs_dev = split_by_name(hs_train, cfg.human_seg_dev_fraction, cfg.seed + 1)
         train_items += hs_train * max(1, cfg.human_seg_repeat)
         val_items["human_seg"] = hs_dev if dev else hs_val
         summary["human_seg"] = {"path": cfg.human_seg, "train": len(hs_train), "dev": len(hs_dev),
                                 "val": len(hs_val), "repeat": cfg.human_seg_repeat}
     if cfg.davis:
-        tr_seq, va_seq = D.split_davis(cfg.davis, cfg.davis_val_sequences, cfg.davis_n_val)
+        tr_seq, va_seq = split_davis(cfg.davis, cfg.davis_val_sequences, cfg.davis_n_val)
         dev_seq: list[str] = []
         if dev and cfg.davis_n_dev > 0:
             if cfg.davis_n_dev >= len(tr_seq):

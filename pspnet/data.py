@@ -4,39 +4,26 @@ Layouts (detected per root): DAVIS (``JPEGImages/<seq>/*.jpg`` + ``Annotations/<
 ``<name>_im.jpg`` + ``<name>_gt.png`` pairs of the CascadePSP test sets, and ``images/`` + ``masks/`` with
 matching stems. The split is the refiner's (so neither model validates on the other's training images): DAVIS
 holds out the last ``val_sequences`` sequences in sorted order (frames of one sequence are correlated); other
-layouts use :func:`cascadepsp.data.split_by_name` (the ``val_fraction`` of names with the smallest hash).
+layouts use :func:`cascadepsp.datasets.split_by_name` (the ``val_fraction`` of names with the smallest hash).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cascadepsp.data import split_by_name
+from cascadepsp import datasets, imageio
+from cascadepsp.datasets import Sample
 
 from .augment import IGNORE_INDEX, AugmentConfig, augment_pair, normalize
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MASK_MODES = ("binary", "labels")
 SPLITS = ("train", "val", "all")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image with its mask; ``group`` is the DAVIS sequence or the pair name (the unit of the split)."""
-
-    name: str
-    image: Path
-    mask: Path
-    group: str
 
 
 def detect_layout(root: Path) -> str:
@@ -45,23 +32,15 @@ def detect_layout(root: Path) -> str:
         return "davis"
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return "folders"
-    if any(root.glob("*_gt.png")):
+    if any(root.glob("*_gt.*")):
         return "pairs"
     raise ValueError(f"data root {root}: expected DAVIS (JPEGImages/ + Annotations/), <name>_im.jpg + "
                      "<name>_gt.png pairs, or images/ + masks/ folders")
 
 
-def _image_for(stem_path: Path) -> Path | None:
-    for ext in IMAGE_EXTS:
-        for candidate in (stem_path.with_name(stem_path.name + ext), stem_path.with_name(stem_path.name + ext.upper())):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
 def _davis_samples(root: Path, split: str, sequences: Sequence[str] | None, val_sequences: int,
                    frame_step: int) -> list[Sample]:
-    all_seqs = sorted(p.name for p in (root / "Annotations").iterdir() if p.is_dir())
+    all_seqs = datasets.davis_sequences(root, "Annotations")
     val = set(all_seqs[len(all_seqs) - val_sequences:]) if val_sequences > 0 else set()
     chosen = [s for s in all_seqs if (split == "all" or (s in val) == (split == "val"))]
     if sequences is not None:
@@ -69,27 +48,13 @@ def _davis_samples(root: Path, split: str, sequences: Sequence[str] | None, val_
         if unknown:
             raise ValueError(f"sequences: {sorted(unknown)} not found in {root / 'Annotations'}")
         chosen = [s for s in chosen if s in set(sequences)]
-    samples = []
-    for seq in chosen:
-        masks = sorted((root / "Annotations" / seq).glob("*.png"))[::frame_step]
-        for mask in masks:
-            image = _image_for(root / "JPEGImages" / seq / mask.stem)
-            if image is not None:
-                samples.append(Sample(f"{seq}/{mask.stem}", image, mask, seq))
-    return samples
-
-
-def _named_samples(pairs: list[tuple[str, Path, Path]], split: str, val_fraction: float) -> list[Sample]:
-    samples = [Sample(name, image, mask, name) for name, image, mask in sorted(pairs)]
-    if split == "all":
-        return samples
-    train, val = split_by_name(samples, val_fraction)  # duck-typed: only ``.name`` is used
-    return list(val if split == "val" else train)
+    frames = [s for s in datasets.find_davis(root, chosen) if s.gt is not None]
+    return [s for seq in chosen for s in [f for f in frames if f.group == seq][::frame_step]]
 
 
 def find_samples(root: str | Path, split: str = "train", *, sequences: Sequence[str] | None = None,
                  val_sequences: int = 3, val_fraction: float = 0.2, frame_step: int = 1) -> list[Sample]:
-    """All (image, mask) pairs of ``split`` (``train``/``val``/``all``) under ``root``, in a stable order."""
+    """All (image, ground truth) samples of ``split`` (``train``/``val``/``all``) under ``root``, in a stable order."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data root: {root} is not a directory")
@@ -100,52 +65,36 @@ def find_samples(root: str | Path, split: str = "train", *, sequences: Sequence[
     layout = detect_layout(root)
     if layout == "davis":
         return _davis_samples(root, split, sequences, val_sequences, frame_step)
-    pairs = []
     if layout == "pairs":
-        for mask in root.glob("*_gt.png"):
-            name = mask.name[: -len("_gt.png")]
-            image = _image_for(root / f"{name}_im")
-            if image is not None:
-                pairs.append((name, image, mask))
+        samples = [s for s in datasets.find_original(root).samples if s.image is not None and s.gt is not None]
     else:
-        for mask in (root / "masks").glob("*.png"):
-            image = _image_for(root / "images" / mask.stem)
-            if image is not None:
-                pairs.append((mask.stem, image, mask))
-    return _named_samples(pairs, split, val_fraction)
+        samples = datasets.find_images_masks(root)
+    if split == "all":
+        return samples
+    train, val = datasets.split_by_name(samples, val_fraction)
+    return list(val if split == "val" else train)
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB (``ValueError`` if unreadable)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"image: cannot read {path}")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    """Read an image file as upright HxWx3 uint8 RGB (``ImageReadError``, a ``ValueError``, if unreadable)."""
+    return datasets.read_rgb(path)[0]
 
 
-def load_mask(path: str | Path, mode: str = "binary") -> np.ndarray:
-    """Read a mask as HxW uint8 class ids.
+def load_mask(path: str | Path, mode: str = "binary", image: str | Path | None = None) -> np.ndarray:
+    """Read a mask as HxW uint8 class ids, in the frame of ``image`` (its upright photo) when given.
 
-    ``binary``: foreground (>= 128, or 1 in a 0/1 mask) -> 1, else 0. ``labels``: palette indices or grey
-    values are kept as class ids (255 stays the ignore index).
+    ``binary``: foreground by :meth:`cascadepsp.imageio.MaskFile.binary` -> 1, else 0. ``labels``: palette
+    indices, grey values or colours as class ids (255 stays the ignore index).
     """
     if mode not in MASK_MODES:
         raise ValueError(f"mask_mode: expected one of {MASK_MODES}, got {mode!r}")
-    with Image.open(path) as im:
-        if mode == "labels" and im.mode == "P":
-            arr = np.asarray(im)
-        elif im.mode in ("RGB", "RGBA", "LA", "P"):
-            arr = np.asarray(im.convert("L"))
-        else:
-            arr = np.asarray(im)
-    if arr.ndim != 2:
-        raise ValueError(f"mask: {path} is not a single-channel image (shape {arr.shape})")
+    header = imageio.read_image_header(image) if image is not None else None
     if mode == "binary":
-        threshold = 1 if arr.max(initial=0) <= 1 else 128
-        return (arr >= threshold).astype(np.uint8)
-    if arr.max(initial=0) > IGNORE_INDEX or arr.min(initial=0) < 0:
+        return datasets.read_binary(path, header).astype(np.uint8)
+    ids = datasets.read_label_ids(path, header)
+    if ids.max(initial=0) > IGNORE_INDEX or ids.min(initial=0) < 0:
         raise ValueError(f"mask: label ids in {path} must lie in 0..255")
-    return arr.astype(np.uint8)
+    return ids.astype(np.uint8)
 
 
 class SegmentationDataset(Dataset):
@@ -169,10 +118,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         sample = self.samples[index]
         image = load_image(sample.image)
-        mask = load_mask(sample.mask, self.mask_mode)
-        if image.shape[:2] != mask.shape:
-            raise ValueError(f"mask: {sample.mask} is {mask.shape[::-1]} (WxH) but {sample.image} is "
-                             f"{image.shape[1::-1]}")
+        mask = load_mask(sample.gt, self.mask_mode, sample.image)
         # torch's RNG is seeded per DataLoader worker (and by the loader's generator), so draws differ per worker.
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
         image, mask = augment_pair(image, mask, rng, self.crop_size, self.base_size, self.augment)

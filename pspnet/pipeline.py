@@ -15,13 +15,12 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
 
+from cascadepsp.datasets import list_images, read_rgb
 from cascadepsp.imageio import encode_png, write_atomic
 
 from .inference import PSPNetSegmenter
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIXES = ("_coarse.png", "_refined.png", "_side_by_side.png")
 SEGMENTERS = ("pspnet", "u2netp")
 
@@ -72,10 +71,7 @@ def collect_images(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = [f for f in sorted(p.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
-            if any(f.stem.endswith("_im") for f in files):
-                files = [f for f in files if f.stem.endswith("_im")]
-            for f in files:
+            for f in list_images(p):
                 if out is not None and f.parent.resolve() == out and f.name.endswith(OUTPUT_SUFFIXES):
                     continue
                 found.append(f)
@@ -89,13 +85,6 @@ def collect_images(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
             seen.add(key)
             unique.append(f)
     return unique
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB, honouring EXIF orientation."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB")).copy()
 
 
 def write_png_atomic(path: Path, array: np.ndarray) -> None:
@@ -146,7 +135,7 @@ def process_image(path: Path, out_dir: Path, segmenter: Segmenter, refiner: Mask
     clash = [t for t in targets if t.resolve() in protected]
     if clash:
         raise ValueError(f"output {clash[0]} would overwrite an input file")
-    image = read_rgb(path)
+    image, _ = read_rgb(path)
     coarse = segmenter.predict(image) >= 0.5
     refined = refiner.refine(image, coarse, fast=fast, L=L)
     refined_fg = refined >= 128

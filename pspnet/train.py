@@ -174,7 +174,7 @@ def evaluate(model: PSPNet, samples: Sequence[Sample], mask_mode: str = "binary"
     try:
         for s in tqdm(samples, desc="val", leave=False, disable=not progress):
             _, pred = predict(load_image(s.image), model, crop=crop, base_size=base_size)
-            conf += confusion_matrix(pred, load_mask(s.mask, mask_mode), classes)
+            conf += confusion_matrix(pred, load_mask(s.gt, mask_mode, s.image), classes)
     finally:
         model.train(was_training)
     return {**iou_from_confusion(conf), "images": len(samples)}

@@ -14,11 +14,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import cv2
 from tqdm import tqdm
 
 import pspnet
-from cascadepsp.evaluation import select_samples
+from cascadepsp.datasets import read_rgb, select_samples
 from cascadepsp.imageio import encode_png, write_atomic
 
 
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for s in tqdm(samples, desc="pspnet"):
         name = s.name.replace("/", "_")
-        image = cv2.cvtColor(cv2.imread(str(s.image)), cv2.COLOR_BGR2RGB)
+        image, _ = read_rgb(s.image)
         _, mask = pspnet.predict(image, model)
         shutil.copyfile(s.image, out / f"{name}_im{s.image.suffix}")
         shutil.copyfile(s.gt, out / f"{name}_gt.png")

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cascadepsp import data as D
+from cascadepsp.datasets import split_by_name, split_davis
 from cascadepsp.inference import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -66,32 +67,32 @@ def folder(tmp_path) -> Path:
 def test_list_and_split_im_gt(folder, tmp_path):
     items = D.list_im_gt(folder)
     assert [it.name for it in items] == [f"img{i:02d}" for i in range(6)]
-    assert all(it.coarse is None for it in items)
-    train, val = D.split_by_name(items, 0.5, seed=3)
+    assert all(it.mask is None for it in items)
+    train, val = split_by_name(items, 0.5, seed=3)
     assert len(val) == 3 and len(train) == 3 and not {i.name for i in train} & {i.name for i in val}
-    again = D.split_by_name(list(reversed(items)), 0.5, seed=3)[1]
+    again = split_by_name(list(reversed(items)), 0.5, seed=3)[1]
     assert {i.name for i in again} == {i.name for i in val}  # order-independent
-    other_seeds = {frozenset(i.name for i in D.split_by_name(items, 0.5, seed=s)[1]) for s in range(6)}
+    other_seeds = {frozenset(i.name for i in split_by_name(items, 0.5, seed=s)[1]) for s in range(6)}
     assert len(other_seeds) > 1
     with pytest.raises(ValueError, match="root"):
         D.list_im_gt(tmp_path / "missing")
     with pytest.raises(ValueError, match="val_fraction"):
-        D.split_by_name(items, 1.0)
+        split_by_name(items, 1.0)
 
 
 def test_davis_listing_and_sequence_split(tmp_path):
     root = make_davis_folder(tmp_path / "davis")
-    train, val = D.split_davis(root)
+    train, val = split_davis(root)
     assert val == ["cc", "dd", "ee"] and train == ["aa", "bb"]
-    assert D.split_davis(root, ["aa"]) == (["bb", "cc", "dd", "ee"], ["aa"])
+    assert split_davis(root, ["aa"]) == (["bb", "cc", "dd", "ee"], ["aa"])
     items = D.list_davis(root, train)
     assert [it.name for it in items] == ["aa/00000", "aa/00001", "bb/00000", "bb/00001"]
     assert {it.group for it in items} == {"aa", "bb"}
-    assert items[0].coarse is not None and items[1].coarse is None
+    assert items[0].mask is not None and items[1].mask is None
     with pytest.raises(ValueError, match="sequences"):
         D.list_davis(root, ["zz"])
     with pytest.raises(ValueError, match="val_sequences"):
-        D.split_davis(root, ["zz"])
+        split_davis(root, ["zz"])
 
 
 def test_store_caps_size_and_backgrounds_are_downscaled(folder, tmp_path):

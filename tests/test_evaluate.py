@@ -225,7 +225,7 @@ def test_script_without_network(tmp_path, capsys):
 
 
 def test_select_samples_splits_like_the_trainer(tmp_path):
-    from cascadepsp.data import split_by_name
+    from cascadepsp.datasets import split_by_name
     from cascadepsp.evaluation import select_samples
 
     _write_flat(tmp_path, n=10)

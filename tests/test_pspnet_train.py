@@ -97,7 +97,7 @@ def test_find_samples_davis_split_holds_out_last_three_sequences(tmp_path):
     val_s = find_samples(tmp_path / "davis", "val")
     assert {s.group for s in train_s} == {"seq0", "seq1"} and {s.group for s in val_s} == {"seq2", "seq3", "seq4"}
     assert len(train_s) + len(val_s) == 10 == len(find_samples(tmp_path / "davis", "all"))
-    assert all(s.image.parent.name == s.mask.parent.name for s in train_s)
+    assert all(s.image.parent.name == s.gt.parent.name for s in train_s)
     only = find_samples(tmp_path / "davis", "train", sequences=["seq1"], frame_step=2)
     assert {s.group for s in only} == {"seq1"} and len(only) == 1
     with pytest.raises(ValueError, match="sequences"):
@@ -105,7 +105,8 @@ def test_find_samples_davis_split_holds_out_last_three_sequences(tmp_path):
 
 
 def test_find_samples_pairs_split_matches_the_refiners_split(tmp_path):
-    from cascadepsp.data import list_im_gt, split_by_name
+    from cascadepsp.data import list_im_gt
+    from cascadepsp.datasets import split_by_name
 
     write_shapes_dataset(tmp_path / "pairs", count=40, size=(16, 16))
     val = find_samples(tmp_path / "pairs", "val")
@@ -115,7 +116,7 @@ def test_find_samples_pairs_split_matches_the_refiners_split(tmp_path):
     assert {s.name for s in val} == {it.name for it in ref_val}
     assert {s.name for s in train_s} == {it.name for it in ref_train}
     assert [s.name for s in val] == [s.name for s in find_samples(tmp_path / "pairs", "val")]  # deterministic
-    assert all(s.mask.name == f"{s.name}_gt.png" and s.image.name == f"{s.name}_im.png" for s in val)
+    assert all(s.gt.name == f"{s.name}_gt.png" and s.image.name == f"{s.name}_im.png" for s in val)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="data root"):
         find_samples(tmp_path / "empty")
