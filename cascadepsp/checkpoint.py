@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
+
+from .imageio import write_atomic
 
 FORMAT_KEY = "format"
 
@@ -25,7 +27,7 @@ def save_weights(state_dict: Mapping[str, Tensor], path: str | os.PathLike, *, m
     """Write a state dict as safetensors, with ``config`` (architecture) and free metadata in the header.
 
     ``half=True`` stores floating tensors as fp16 (BN running stats included) to halve the file size.
-    The write goes to a temporary file first and is renamed into place.
+    Written atomically (:func:`cascadepsp.imageio.write_atomic`).
     """
     path = Path(path)
     tensors = {}
@@ -38,11 +40,7 @@ def save_weights(state_dict: Mapping[str, Tensor], path: str | os.PathLike, *, m
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     for key, value in (metadata or {}).items():
         header[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, safetensors_bytes(tensors, metadata=header))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .imageio import open_atomic
+
 OFFICIAL_URL = "https://github.com/hkchengrex/CascadePSP/releases/download/v1.0/model"
 OFFICIAL_MD5 = "7478d4a9c42ab52beb6d7e9683402fe0"
 
@@ -33,25 +35,20 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, *, 
     truncated download never sits at ``dest``.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
     h = hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                while block := resp.read(1 << 20):
-                    out.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-        if total is not None and tmp.stat().st_size != total:
-            raise ChecksumError(f"{url}: truncated download ({tmp.stat().st_size} of {total} bytes)")
+    with urllib.request.urlopen(url, timeout=timeout) as resp, open_atomic(dest) as out:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        size = 0
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            while block := resp.read(1 << 20):
+                out.write(block)
+                h.update(block)
+                size += len(block)
+                bar.update(len(block))
+        if total is not None and size != total:  # raising inside open_atomic keeps dest untouched
+            raise ChecksumError(f"{url}: truncated download ({size} of {total} bytes)")
         if md5 is not None and h.hexdigest() != md5.lower():
             raise ChecksumError(f"{url}: MD5 {h.hexdigest()} does not match expected {md5}")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dest
 
 

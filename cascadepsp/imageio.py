@@ -13,8 +13,11 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -25,7 +28,7 @@ from .inputs import to_rgb_uint8
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".jpg", ".jpeg")  # lossless formats first
 _EXIF_ORIENTATION = 0x0112
-_TMP_RE = re.compile(r"^(?P<final>.+)\.tmp-(?P<pid>\d+)(?P<ext>\.[A-Za-z0-9]+)$")
+_TMP_RE = re.compile(r"^(?P<final>.+)\.tmp-(?P<pid>\d+)(?P<ext>\.[A-Za-z0-9]+)?$")
 
 
 class ImageReadError(ValueError):
@@ -336,30 +339,37 @@ def _pil_png(im: Image.Image, **params: object) -> bytes:
 
 
 def temp_path(final: str | os.PathLike) -> Path:
-    """The temporary name used while writing ``final``: ``<final stem>.<ext>.tmp-<pid><ext>`` in the same folder."""
+    """The temporary name used while writing ``final``: ``<final name>.tmp-<pid><ext>`` in the same folder."""
     final = Path(final)
     return final.with_name(f"{final.name}.tmp-{os.getpid()}{final.suffix}")
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it into place.
+@contextmanager
+def open_atomic(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file that appears at ``path`` only when the ``with`` block ends without an error.
 
-    A run killed at any moment leaves either the old file, the complete new file, or a stray temporary
-    file that :func:`remove_stale_temps` clears; never a half-written ``path``.
+    The data goes to :func:`temp_path` beside ``path``, is flushed to disk and renamed into place. A run
+    killed at any moment leaves either the old file, the complete new file, or a stray temporary file that
+    :func:`remove_stale_temps` clears; never a half-written ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`open_atomic`); the one writer of every output file."""
+    with open_atomic(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def is_temp_file(path: str | os.PathLike) -> bool:

@@ -6,7 +6,7 @@ sigmoids ``pred_*`` against the soft GT, plus a Sobel gradient-magnitude loss on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,8 @@ class LossWeights:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+
+LOSS_PARTS: tuple[str, ...] = ("total", *(f.name for f in fields(LossWeights)))  # keys of refinement_loss parts
 
 # (slot, output-key suffix): logits are out_<suffix>, sigmoids pred_<suffix>
 _SLOTS: tuple[tuple[str, str], ...] = (

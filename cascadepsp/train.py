@@ -7,7 +7,6 @@ optimizer, scheduler and step to continue exactly where an uninterrupted run wou
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -25,17 +24,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import data as D
+from . import runfiles
 from .checkpoint import load_state_tolerant, load_weights
 from .config import PRESETS, RMConfig, get_config
 from .datasets import Sample, split_by_name, split_davis
 from .inference import image_to_tensor, mask_to_tensor, refine_single_pass
-from .losses import LossWeights, refinement_loss
+from .losses import LOSS_PARTS, LossWeights, refinement_loss
 from .metrics import SegMetrics
 from .model import RefinementModule
 from .weights import MODEL_FORMAT, resolve_device, save_model
 
-CKPT_NAME = "ckpt_last.pt"
-LOG_NAME = "log.csv"
+CKPT_NAME = runfiles.CKPT_NAME
 
 
 @dataclass
@@ -217,12 +216,6 @@ def git_commit(path: str | os.PathLike | None = None) -> str:
         return "unknown"
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Trainer:
     """Runs, checkpoints, resumes, validates and exports one training run described by a :class:`TrainConfig`.
 
@@ -252,7 +245,7 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.last_val: dict[str, float] = {}
         self._tb = None
-        self._log_fields: list[str] | None = None
+        self._log_file: runfiles.CsvLog | None = None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -278,8 +271,7 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Write model, optimizer, scheduler, step and RNG states atomically (``ckpt_last.pt`` by default)."""
         path = Path(path) if path is not None else self.ckpt_path
-        _atomic_torch_save(self.state(), path)
-        return path
+        return runfiles.save_checkpoint(self.state(), path)
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Load a checkpoint (default ``out_dir/ckpt_last.pt``); returns False when there is none."""
@@ -287,7 +279,7 @@ class Trainer:
         if not path.is_file():
             return False
         # Our own file (optimizer/scheduler state holds plain Python objects), hence weights_only=False.
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = runfiles.load_checkpoint(path, weights_only=False)
         saved = ck.get("config", {})
         for key in ("preset", "residual", "seed", "batch_size", "crop_size"):
             old = saved.get(key, saved.get("augment", {}).get(key))
@@ -353,18 +345,9 @@ class Trainer:
         return values
 
     def _log(self, row: dict[str, Any]) -> None:
-        path = self.out_dir / LOG_NAME
-        if self._log_fields is None:
-            if path.is_file() and path.stat().st_size > 0:
-                with path.open(newline="") as f:
-                    self._log_fields = next(csv.reader(f), None)
-            if not self._log_fields:
-                self._log_fields = list(row)
-                with path.open("w", newline="") as f:
-                    csv.writer(f).writerow(self._log_fields)
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self._log_fields, extrasaction="ignore")
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        if self._log_file is None:
+            self._log_file = runfiles.CsvLog(self.out_dir / runfiles.LOG_NAME, list(self._log_columns()))
+        self._log_file.write(row)
         if self._tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v)):
@@ -372,9 +355,7 @@ class Trainer:
 
     def _log_columns(self) -> dict[str, Any]:
         """An empty row with every column, so the CSV header is fixed from the first write."""
-        parts = ["total", "s0_l1", "s0_l2", "s0_grad", "s1_ce", "s2_ce", "s2_l1", "s2_l2", "s3_ce", "s4_ce",
-                 "s5_ce", "s5_l1", "s5_l2"]
-        cols: dict[str, Any] = dict.fromkeys(["step", "epoch", "lr", *parts, "grad_norm", "skipped",
+        cols: dict[str, Any] = dict.fromkeys(["step", "epoch", "lr", *LOSS_PARTS, "grad_norm", "skipped",
                                               "sec_per_it", "data_sec_per_it", "elapsed"], "")
         for name in self.data.val_examples:
             for kind in ("synthetic", "real"):

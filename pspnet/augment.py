@@ -20,7 +20,7 @@ MEAN_PIXEL = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)  # padding colour
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class SegAugmentConfig:
     """Ranges of the random augmentation (the PSPNet recipe: scale 0.5-2, rotation +-10 deg, blur, flip)."""
 
     scale: tuple[float, float] = (0.5, 2.0)
@@ -77,7 +77,7 @@ def pad_and_crop(image: np.ndarray, mask: np.ndarray, crop: int, rng: np.random.
 
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop: int, base_size: int,
-                 cfg: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
+                 cfg: SegAugmentConfig = SegAugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
     """One training sample: long side to ``base_size`` x random scale, rotate, flip, blur, pad + crop."""
     if image.shape[:2] != mask.shape:
         raise ValueError(f"mask: shape {mask.shape} does not match image shape {image.shape[:2]}")

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from cascadepsp import datasets, imageio
 from cascadepsp.datasets import Sample
 
-from .augment import IGNORE_INDEX, AugmentConfig, augment_pair, normalize
+from .augment import IGNORE_INDEX, SegAugmentConfig, augment_pair, normalize
 
 MASK_MODES = ("binary", "labels")
 SPLITS = ("train", "val", "all")
@@ -101,7 +101,7 @@ class SegmentationDataset(Dataset):
     """Augmented, normalised training crops: ``(3xSxS float32 image, SxS int64 labels)`` for S = crop."""
 
     def __init__(self, samples: Sequence[Sample], crop_size: int, base_size: int, mask_mode: str = "binary",
-                 augment: AugmentConfig | None = None) -> None:
+                 augment: SegAugmentConfig | None = None) -> None:
         if not samples:
             raise ValueError("samples: the training set is empty")
         if mask_mode not in MASK_MODES:
@@ -110,7 +110,7 @@ class SegmentationDataset(Dataset):
         self.crop_size = crop_size
         self.base_size = base_size
         self.mask_mode = mask_mode
-        self.augment = augment or AugmentConfig()
+        self.augment = augment or SegAugmentConfig()
 
     def __len__(self) -> int:
         return len(self.samples)

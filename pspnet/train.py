@@ -21,21 +21,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cascadepsp import runfiles
+from cascadepsp.imageio import write_atomic
 from cascadepsp.pretrained import SOURCES as PRETRAINED_SOURCES
 from cascadepsp.weights import resolve_device
 
-from .augment import IGNORE_INDEX, AugmentConfig
+from .augment import IGNORE_INDEX, SegAugmentConfig
 from .config import PSPNetConfig
 from .data import Sample, SegmentationDataset, find_samples, load_image, load_mask
 from .inference import predict
 from .model import PSPNet
 from .weights import save
 
-CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_NAME = runfiles.CKPT_NAME
+LOG_COLUMNS = ("step", "lr", "loss", "main", "aux", "time_s", "val_miou", "val_pixel_acc", "val_images")
 
 
 @dataclass
-class TrainConfig:
+class PSPNetTrainConfig:
     """Everything one training run needs; stored in its checkpoints."""
 
     data: tuple[str, ...]
@@ -73,7 +76,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     resume: bool = True
     progress: bool = True
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: SegAugmentConfig = field(default_factory=SegAugmentConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, os.PathLike)):
@@ -89,8 +92,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         if isinstance(self.augment, dict):
             aug = dict(self.augment)
-            aug["scale"] = tuple(aug.get("scale", AugmentConfig.scale))
-            self.augment = AugmentConfig(**aug)
+            aug["scale"] = tuple(aug.get("scale", SegAugmentConfig.scale))
+            self.augment = SegAugmentConfig(**aug)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,7 +112,7 @@ def poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9) -> fl
     return base_lr * (1.0 - frac) ** power
 
 
-def build_optimizer(model: PSPNet, cfg: TrainConfig) -> torch.optim.SGD:
+def build_optimizer(model: PSPNet, cfg: PSPNetTrainConfig) -> torch.optim.SGD:
     """SGD with two groups: the encoder at ``lr`` and the heads (PPM, classifier, aux) at ``head_lr_mult x lr``."""
     groups = [{"params": list(model.encoder_parameters()), "lr_mult": 1.0, "name": "encoder"},
               {"params": list(model.head_parameters()), "lr_mult": cfg.head_lr_mult, "name": "head"}]
@@ -118,7 +121,7 @@ def build_optimizer(model: PSPNet, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
+def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: PSPNetTrainConfig, step: int) -> float:
     """Apply the poly schedule for ``step`` to every group; returns the base (encoder) lr."""
     lr = poly_lr(cfg.lr, step, cfg.iters, cfg.poly_power)
     for g in optimizer.param_groups:
@@ -181,23 +184,18 @@ def evaluate(model: PSPNet, samples: Sequence[Sample], mask_mode: str = "binary"
 
 
 def save_checkpoint(path: str | Path, model: PSPNet, optimizer: torch.optim.Optimizer, step: int,
-                    cfg: TrainConfig, extra: dict[str, Any] | None = None) -> Path:
-    """Atomically write model + optimizer + step + configs (tmp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+                    cfg: PSPNetTrainConfig, extra: dict[str, Any] | None = None) -> Path:
+    """Atomically write model + optimizer + step + configs (:func:`cascadepsp.runfiles.save_checkpoint`)."""
     blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "model_config": model.config.to_dict(), "train_config": json.dumps(cfg.to_dict(), default=str),
             "extra": json.dumps(extra or {}), "torch_rng": torch.get_rng_state()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    return runfiles.save_checkpoint(blob, path)
 
 
 def load_checkpoint(path: str | Path, model: PSPNet, optimizer: torch.optim.Optimizer | None = None
                     ) -> dict[str, Any]:
     """Restore model (and optimizer) state from :func:`save_checkpoint`; returns the checkpoint dict."""
-    blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    blob = runfiles.load_checkpoint(path, weights_only=True)
     if PSPNetConfig.from_dict(blob["model_config"]) != model.config:
         raise ValueError(f"{path}: checkpoint model config {blob['model_config']} differs from the run's "
                          f"{model.config.to_dict()}")
@@ -219,7 +217,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n // batch_size)]
 
 
-def _batches(dataset: SegmentationDataset, cfg: TrainConfig, start_step: int, pin: bool
+def _batches(dataset: SegmentationDataset, cfg: PSPNetTrainConfig, start_step: int, pin: bool
              ) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless batches, positioned at ``start_step`` (same epoch and offset as an uninterrupted run)."""
     n = len(dataset)
@@ -247,7 +245,7 @@ class TrainResult:
     stopped_early: bool
 
 
-def collect_samples(cfg: TrainConfig, split: str) -> list[Sample]:
+def collect_samples(cfg: PSPNetTrainConfig, split: str) -> list[Sample]:
     samples: list[Sample] = []
     for root in cfg.data:
         samples += find_samples(root, split, sequences=cfg.sequences, val_sequences=cfg.val_sequences,
@@ -255,8 +253,8 @@ def collect_samples(cfg: TrainConfig, split: str) -> list[Sample]:
     return samples
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume from ``out_dir/last.pt``) until ``iters``, ``stop_at_step`` or ``max_minutes``."""
+def train(cfg: PSPNetTrainConfig) -> TrainResult:
+    """Train (or resume from ``out_dir/ckpt_last.pt``) until ``iters``, ``stop_at_step`` or ``max_minutes``."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -277,7 +275,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         blob = load_checkpoint(ckpt_path, model, optimizer)
         step = int(blob["step"])
         best = blob["extra"].get("best", {})
-    log_path = out / "log.jsonl"
+    log = runfiles.CsvLog(out / runfiles.LOG_NAME, LOG_COLUMNS)
     use_amp = cfg.amp and device.type == "cuda"
     batches = _batches(dataset, cfg, start_step=step, pin=device.type == "cuda")
     history: list[dict[str, float]] = []
@@ -285,23 +283,20 @@ def train(cfg: TrainConfig) -> TrainResult:
     start = time.monotonic()
     stopped_early = False
 
-    def log(record: dict[str, Any]) -> None:
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
     def validate() -> None:
         result = evaluate(model, val_samples, cfg.mask_mode, cfg.val_max_images, progress=cfg.progress)
         result["step"] = step
         validations.append(result)
-        log({"event": "val", **result})
+        log.write({"step": step, "time_s": round(time.monotonic() - start, 2),
+                   **{f"val_{k}": result[k] for k in ("miou", "pixel_acc", "images")}})
         tqdm.write(f"step {step}: val mIoU {result['miou']:.4f} on {result['images']} images "
                    f"(IoU per class {result['iou']})")
         if not best or result["miou"] > best.get("miou", -1.0):
             best.update(miou=result["miou"], step=step)
             save(model, out / "best.safetensors", metadata=_weights_meta(cfg, step, result))
 
-    log({"event": "start", "step": step, "train_images": len(train_samples), "val_images": len(val_samples),
-         "config": cfg.to_dict()})
+    write_atomic(out / "config.json", json.dumps({"config": cfg.to_dict(), "train_images": len(train_samples),
+                                                  "val_images": len(val_samples)}, indent=1, default=str).encode())
     bar = tqdm(total=cfg.iters, initial=step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
     model.train()
     while step < cfg.iters:
@@ -329,7 +324,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-        log({"event": "train", "time_s": round(time.monotonic() - start, 2), **record})
+        log.write({"time_s": round(time.monotonic() - start, 2), **record})
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
         if cfg.val_every and step % cfg.val_every == 0 and val_samples:
@@ -342,11 +337,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
     weights = save(model, out / ("final.safetensors" if finished else f"step_{step}.safetensors"),
                    metadata=_weights_meta(cfg, step, validations[-1] if validations else None))
-    log({"event": "stop", "step": step, "finished": finished, "time_s": round(time.monotonic() - start, 1)})
     return TrainResult(step, history, validations, ckpt_path, weights, stopped_early)
 
 
-def _weights_meta(cfg: TrainConfig, step: int, val: dict[str, Any] | None) -> dict[str, Any]:
+def _weights_meta(cfg: PSPNetTrainConfig, step: int, val: dict[str, Any] | None) -> dict[str, Any]:
     meta: dict[str, Any] = {"step": step, "iters": cfg.iters, "data": list(cfg.data), "mask_mode": cfg.mask_mode,
                             "trainer": "pspnet.train"}
     if val is not None:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train a PSPNet segmenter on folders of image + mask (DAVIS layout, <name>_im/_gt pairs, images/ + masks/).
 
-Resumes from OUT/last.pt when present; --max-minutes stops cleanly with a checkpoint, so re-running the same
+Resumes from OUT/ckpt_last.pt when present; --max-minutes stops cleanly with a checkpoint, so re-running the same
 command continues the schedule. Writes OUT/final.safetensors (or step_N.safetensors when stopped early),
-OUT/best.safetensors (best validation mIoU) and OUT/log.jsonl.
+OUT/best.safetensors (best validation mIoU) and OUT/log.csv (the refiner trainer's format).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from pspnet.train import TrainConfig, train
+from pspnet.train import PSPNetTrainConfig, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing OUT/last.pt")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing OUT/ckpt_last.pt")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
     return p.parse_args(argv)
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(data=tuple(args.data), out_dir=args.out, encoder_name=args.encoder, classes=args.classes,
+    cfg = PSPNetTrainConfig(data=tuple(args.data), out_dir=args.out, encoder_name=args.encoder, classes=args.classes,
                       pretrained=not args.no_pretrained,
                       head_channels=args.head_channels,
                       mask_mode=args.mask_mode, crop_size=args.crop, base_size=args.base_size,

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from synthetic_data import shape_pair
 from torch import nn
 
 import cascadepsp
@@ -16,7 +17,6 @@ import pspnet
 from pspnet.config import PSPNetConfig
 from pspnet.inference import PSPNetSegmenter, sliding_window_probs, window_starts
 from pspnet.pipeline import collect_images, output_stems, segment_and_refine, side_by_side
-from pspnet.synthetic import shape_pair
 
 SMALL = {"head_channels": 32, "aux_channels": 16, "crop_size": 48, "base_size": 64}
 REPO = Path(__file__).resolve().parents[1]

@@ -6,13 +6,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from synthetic_data import write_shapes_dataset
 
 import pspnet
-from pspnet.augment import IGNORE_INDEX, MEAN_PIXEL, AugmentConfig, augment_pair, normalize, rotate_pair
+from cascadepsp.runfiles import read_log
+from pspnet.augment import IGNORE_INDEX, MEAN_PIXEL, SegAugmentConfig, augment_pair, normalize, rotate_pair
 from pspnet.data import SegmentationDataset, find_samples, load_mask
-from pspnet.synthetic import write_shapes_dataset
 from pspnet.train import (
-    TrainConfig,
+    PSPNetTrainConfig,
     build_optimizer,
     confusion_matrix,
     epoch_batches,
@@ -44,7 +45,7 @@ def test_poly_schedule_values():
 
 
 def test_optimizer_gives_heads_ten_times_the_lr(tmp_path):
-    cfg = TrainConfig(data=(str(tmp_path),), out_dir=str(tmp_path / "run"), iters=10, lr=0.02, **{
+    cfg = PSPNetTrainConfig(data=(str(tmp_path),), out_dir=str(tmp_path / "run"), iters=10, lr=0.02, **{
         k: v for k, v in TINY.items() if k in ("encoder_name", "head_channels", "aux_channels")})
     model = pspnet.PSPNet(config=cfg.model_config())
     opt = build_optimizer(model, cfg)
@@ -180,7 +181,7 @@ def test_augmentation_keeps_image_and_mask_aligned():
     saw_rotation_padding = saw_fg = False
     for seed in range(12):
         rng = np.random.default_rng(seed)
-        im, m = augment_pair(image, mask, rng, crop=64, base_size=100, cfg=AugmentConfig(blur_p=0.5))
+        im, m = augment_pair(image, mask, rng, crop=64, base_size=100, cfg=SegAugmentConfig(blur_p=0.5))
         assert im.shape == (64, 64, 3) and m.shape == (64, 64) and im.dtype == m.dtype == np.uint8
         assert set(np.unique(m)) <= {0, 1, IGNORE_INDEX}
         assert _misaligned_pixels(im, m) == 0, f"seed {seed}"
@@ -202,13 +203,13 @@ def test_alignment_check_catches_a_mask_rotated_differently():
 
 def test_augmentation_flip_scale_and_padding():
     image, mask = _coloured_pair(40, 50)
-    cfg = AugmentConfig(scale=(1.0, 1.0), rotate_deg=0.0, flip_p=1.0, blur_p=0.0)
+    cfg = SegAugmentConfig(scale=(1.0, 1.0), rotate_deg=0.0, flip_p=1.0, blur_p=0.0)
     im, m = augment_pair(image, mask, np.random.default_rng(0), crop=64, base_size=50, cfg=cfg)
     # 40x50 padded to 64x64 (centred): the content is the mirrored input, the border is ignore / mean colour.
     assert np.array_equal(m[12:52, 7:57], mask[:, ::-1]) and np.array_equal(im[12:52, 7:57], image[:, ::-1])
     assert (m[:12] == IGNORE_INDEX).all() and (im[:12] == MEAN_PIXEL).all()
     big, _ = augment_pair(image, mask, np.random.default_rng(0), crop=8, base_size=50,
-                          cfg=AugmentConfig(scale=(2.0, 2.0)))
+                          cfg=SegAugmentConfig(scale=(2.0, 2.0)))
     assert big.shape == (8, 8, 3)
 
 
@@ -234,8 +235,8 @@ def shapes_root(tmp_path_factory):
 
 def test_tiny_training_run_lowers_the_loss(shapes_root, tmp_path):
     torch.manual_seed(0)
-    cfg = TrainConfig(data=(str(shapes_root),), out_dir=str(tmp_path / "run"), iters=24, checkpoint_every=0,
-                      seed=0, **TINY)
+    cfg = PSPNetTrainConfig(data=(str(shapes_root),), out_dir=str(tmp_path / "run"), iters=24,
+                            checkpoint_every=0, seed=0, **TINY)
     result = train(cfg)
     assert result.step == 24 and not result.stopped_early
     losses = [h["main"] for h in result.history]
@@ -243,17 +244,19 @@ def test_tiny_training_run_lowers_the_loss(shapes_root, tmp_path):
     assert [h["step"] for h in result.history] == list(range(1, 25))
     val = result.validations[-1]
     assert val["step"] == 24 and 0.0 <= val["miou"] <= 1.0 and val["iou"][1] > 0.2, val
-    assert (tmp_path / "run" / "final.safetensors").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    assert (tmp_path / "run" / "final.safetensors").is_file() and (tmp_path / "run" / "ckpt_last.pt").is_file()
+    rows = read_log(tmp_path / "run" / "log.csv")  # the refiner trainer's log format
+    assert [r["step"] for r in rows if r["loss"]] == [str(i) for i in range(1, 25)] and rows[-1]["val_miou"]
     loaded, meta = pspnet.load_with_metadata(result.weights)
     assert loaded.config.crop_size == 48 and meta["step"] == "24" and float(meta["val_miou"]) == val["miou"]
 
 
 def test_resume_continues_at_the_same_step_with_the_same_lr(shapes_root, tmp_path):
     common = dict(data=(str(shapes_root),), iters=8, checkpoint_every=0, val_at_end=False, seed=3, **TINY)
-    full = train(TrainConfig(out_dir=str(tmp_path / "full"), **common))
-    first = train(TrainConfig(out_dir=str(tmp_path / "split"), stop_at_step=5, **common))
+    full = train(PSPNetTrainConfig(out_dir=str(tmp_path / "full"), **common))
+    first = train(PSPNetTrainConfig(out_dir=str(tmp_path / "split"), stop_at_step=5, **common))
     assert first.stopped_early and first.step == 5 and first.weights.name == "step_5.safetensors"
-    second = train(TrainConfig(out_dir=str(tmp_path / "split"), **common))
+    second = train(PSPNetTrainConfig(out_dir=str(tmp_path / "split"), **common))
     assert second.history[0]["step"] == 6 and second.step == 8 and len(second.history) == 3
     assert second.history[0]["lr"] == pytest.approx(poly_lr(0.01, 5, 8))
     assert [h["lr"] for h in second.history] == pytest.approx([h["lr"] for h in full.history[5:]])
@@ -262,17 +265,17 @@ def test_resume_continues_at_the_same_step_with_the_same_lr(shapes_root, tmp_pat
     assert [h["loss"] for h in second.history] == pytest.approx([h["loss"] for h in full.history[5:]], rel=1e-4)
     a, b = pspnet.load(full.weights).state_dict(), pspnet.load(second.weights).state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
-    fresh = train(TrainConfig(out_dir=str(tmp_path / "split"), resume=True, **common))
+    fresh = train(PSPNetTrainConfig(out_dir=str(tmp_path / "split"), resume=True, **common))
     assert fresh.step == 8 and fresh.history == []  # already finished: nothing more to do
 
 
 def test_resume_rejects_a_checkpoint_of_another_architecture(shapes_root, tmp_path):
     common = dict(data=(str(shapes_root),), out_dir=str(tmp_path / "r"), iters=4, checkpoint_every=0,
                   val_at_end=False, **TINY)
-    train(TrainConfig(stop_at_step=1, **common))
+    train(PSPNetTrainConfig(stop_at_step=1, **common))
     changed = dict(common, head_channels=32)
     with pytest.raises(ValueError, match="model config"):
-        train(TrainConfig(**changed))
+        train(PSPNetTrainConfig(**changed))
 
 
 def test_train_script_runs_and_resumes(shapes_root, tmp_path, capsys):

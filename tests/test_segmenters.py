@@ -101,7 +101,7 @@ def test_missing_onnxruntime_and_missing_file_give_clear_errors(tmp_path, monkey
 @pytest.mark.skipif(not REAL_MODEL.is_file(), reason=f"optional integration test: {REAL_MODEL} not present")
 def test_real_u2netp_finds_a_salient_object():
     pytest.importorskip("onnxruntime")
-    from pspnet.synthetic import shape_pair
+    from synthetic_data import shape_pair
 
     model = U2NetP(REAL_MODEL)
     image, gt = shape_pair(np.random.default_rng(0), 120, 160)

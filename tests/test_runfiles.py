@@ -1,0 +1,36 @@
+"""cascadepsp.runfiles and imageio.open_atomic: the checkpoint and log files both trainers share."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cascadepsp import imageio, runfiles
+
+
+def test_checkpoint_round_trip_and_a_corrupt_file_names_itself(tmp_path):
+    path = runfiles.save_checkpoint({"step": 3, "w": torch.ones(2)}, tmp_path / runfiles.CKPT_NAME)
+    assert runfiles.load_checkpoint(path)["step"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_last.pt"]  # no temporary file left
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="ckpt_last.pt: not a readable checkpoint") as e:
+        runfiles.load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_csv_log_keeps_the_header_of_an_existing_file(tmp_path):
+    log = runfiles.CsvLog(tmp_path / "log.csv", ["step", "loss", "val"])
+    log.write({"step": 1, "loss": 0.123456789, "other": 5})
+    again = runfiles.CsvLog(tmp_path / "log.csv", ["step", "loss"])  # a resumed run with fewer columns
+    again.write({"step": 2, "val": 0.5})
+    assert runfiles.read_log(tmp_path / "log.csv") == [{"step": "1", "loss": "0.123457", "val": ""},
+                                                      {"step": "2", "loss": "", "val": "0.5"}]
+
+
+def test_open_atomic_leaves_the_old_file_when_the_block_fails(tmp_path):
+    target = tmp_path / "model"
+    imageio.write_atomic(target, b"old")
+    with pytest.raises(RuntimeError), imageio.open_atomic(target) as f:
+        f.write(b"half")
+        raise RuntimeError("checksum")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model"]
