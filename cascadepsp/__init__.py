@@ -1,12 +1,33 @@
-"""cascadepsp: refine any segmenter's coarse mask into a sharp high-resolution mask (CascadePSP, CVPR 2020)."""
+"""cascadepsp: refine any segmenter's coarse mask into a sharp high-resolution mask (CascadePSP, CVPR 2020).
 
-from .config import PRESETS, RMConfig, get_config
-from .model import RefinementModule, count_parameters
-from .refiner import Refiner, refine
-from .weights import convert_official, create_model, list_weights, load_model, load_official, save_model
+The public names are imported on first use, so ``cascadepsp --help`` and argument errors need no torch.
+"""
 
-__all__ = [
-    "PRESETS", "RMConfig", "RefinementModule", "Refiner", "convert_official", "count_parameters",
-    "create_model", "get_config", "list_weights", "load_model", "load_official", "refine", "save_model",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "PRESETS": "config", "RMConfig": "config", "get_config": "config",
+    "RefinementModule": "model", "count_parameters": "model",
+    "Refiner": "refiner", "refine": "refiner",
+    "convert_official": "weights", "create_model": "weights", "list_weights": "weights", "load_model": "weights",
+    "load_official": "weights", "save_model": "weights",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module when the name is first used (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cascadepsp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

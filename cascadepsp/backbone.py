@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
@@ -95,32 +94,3 @@ class ResNetExtractor(nn.Module):
         skip4 = self.layer1(x)
         x = self.layer4(self.layer3(self.layer2(skip4)))
         return x, stem, skip4
-
-
-def inflate_stem_weight(weight_3ch: Tensor, in_channels: int = 6) -> Tensor:
-    """Extend a 3-channel conv1 weight to ``in_channels`` by appending zero filters for the mask channels."""
-    if weight_3ch.shape[1] == in_channels:
-        return weight_3ch
-    extra = torch.zeros(weight_3ch.shape[0], in_channels - weight_3ch.shape[1], *weight_3ch.shape[2:],
-                        dtype=weight_3ch.dtype)
-    return torch.cat([weight_3ch, extra], dim=1)
-
-
-def load_rgb_backbone(extractor: ResNetExtractor, state_dict: dict[str, Tensor]) -> list[str]:
-    """Copy a 3-channel (e.g. torchvision) ResNet state dict into the extractor, zero-filling the mask
-    channels of conv1. Returns the keys of the extractor that were not found in ``state_dict``."""
-    own = extractor.state_dict()
-    missing = []
-    for key, target in own.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        if key not in state_dict:
-            missing.append(key)
-            continue
-        src = state_dict[key]
-        if key == "conv1.weight":
-            src = inflate_stem_weight(src, target.shape[1])
-        if src.shape != target.shape:
-            raise ValueError(f"shape mismatch for {key}: {tuple(src.shape)} vs {tuple(target.shape)}")
-        target.copy_(src)
-    return missing

@@ -43,10 +43,20 @@ def save_weights(state_dict: Mapping[str, Tensor], path: str | os.PathLike, *, m
     return write_atomic(path, safetensors_bytes(tensors, metadata=header))
 
 
+def _unreadable(path: str | os.PathLike, kind: str, e: BaseException) -> ValueError:
+    """One line naming the file, for a weights file that does not decode (corrupt, truncated, wrong format)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    reason = text if 0 < len(text) <= 120 else f"{type(e).__name__}: corrupt, truncated or another format"
+    return ValueError(f"{path}: not a readable {kind} ({reason})")
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string header of a safetensors file (``config`` is JSON text)."""
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise _unreadable(path, ".safetensors weights file", e) from e
 
 
 def load_weights(path: str | os.PathLike, *, expected_format: str | None = None,
@@ -65,10 +75,13 @@ def load_weights(path: str | os.PathLike, *, expected_format: str | None = None,
     if "config" not in meta:
         raise ValueError(f"{path}: no 'config' entry in the safetensors metadata")
     state = {}
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            t = f.get_tensor(key)
-            state[key] = t.to(dtype) if t.is_floating_point() else t
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                state[key] = t.to(dtype) if t.is_floating_point() else t
+    except Exception as e:
+        raise _unreadable(path, ".safetensors weights file", e) from e
     return state, json.loads(meta["config"]), meta
 
 
@@ -77,7 +90,10 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
 
     Uses ``weights_only=True`` so a checkpoint cannot run code; strips a ``module.`` prefix only where present.
     """
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _unreadable(path, "torch checkpoint", e) from e
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

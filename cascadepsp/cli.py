@@ -1,4 +1,8 @@
-"""The ``cascadepsp`` command: ``refine`` a folder, ``info``, ``download-official``, ``convert-official``."""
+"""The ``cascadepsp`` command: ``refine`` a folder, ``info``, ``download-official``, ``convert-official``.
+
+Only the standard library is imported up front, so ``--help`` and argument errors answer at once; torch and
+the model code are imported by the command that needs them.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,44 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tqdm import tqdm
-
 from . import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+REFINE_EPILOG = """outputs (sub-folders of the input are kept):
+  INPUT (original layout)   OUT/<name>_mask.png     refined mask, the size of <name>_seg
+  IMAGES MASKS              OUT/<stem>.png          refined mask, the size of the mask
+  --overlay                 OUT/<name>_overlay.jpg  image | coarse | refined
+  --report R.csv|R.json     one row per image: status, size, seconds, changed fraction (+ IoU/mBA with --gt)
+  masks are soft 0-255 PNGs (0/255 with --threshold; label maps stored like the input with --labels)
+
+exit codes:
+  0    every image done or skipped (outputs already complete)
+  1    some images failed (listed; the others are written)
+  2    usage error: bad option, no inputs found, unreadable --weights, output inside an input folder
+  130  interrupted (finished outputs are complete; rerun the same command to continue)
+"""
+
+
+class _RenamedOption(argparse.Action):
+    """An option that was renamed: one line naming the new spelling, exit 2."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", **kwargs: object) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: error: {option_string} was renamed {self.new}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 class _TqdmHandler(logging.Handler):
     """Log lines that do not break the progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
         tqdm.write(self.format(record), file=sys.stderr)
 
 
@@ -50,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cascadepsp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("refine", help="refine every mask in a folder",
+    r = sub.add_parser("refine", help="refine every mask in a folder", epilog=REFINE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Refine coarse masks. INPUT alone: one folder in the original layout "
                                    "(<name>_im.jpg|png + <name>_seg.png [+ <name>_gt.png]); INPUT MASKS: an image "
                                    "folder and a mask folder matched by relative path and file stem (recursive).")
@@ -62,11 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)")
     r.add_argument("--weights", default="default",
                    help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
-    r.add_argument("--mode", choices=["fast", "reference"], default="fast",
-                   help="fast (batched, bounded memory; default) or reference (the original's exact loop)")
+    r.add_argument("--engine", choices=["batched", "reference"], default="batched",
+                   help="batched (windows in batches, bounded memory; default) or reference (the original's "
+                        "exact one-window loop). Not --fast, which skips the local step")
+    r.add_argument("--mode", action=_RenamedOption, new="--engine (batched|reference; 'fast' is now 'batched')")
     r.add_argument("--batch-size", type=_positive, help="windows per model call (default: automatic)")
     r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="fast-path precision (auto: bf16 on CUDA, fp32 on CPU)")
+                   help="batched-engine precision (auto: bf16 on CUDA, fp32 on CPU)")
     r.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
     r.add_argument("--threshold", type=_threshold, nargs="?", const=0.5, default=None, metavar="T",
                    help="write binary 0/255 masks (probability >= T, default 0.5) instead of soft 0-255 masks")
@@ -96,16 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_refine(args: argparse.Namespace) -> int:
-    from .folder import refine_folder
+    from .folder import find_jobs, refine_folder
 
     _setup_logging(args.verbose)
+    find_jobs(args.inputs, args.out, args.gt)  # inputs and output folder first: before the weights are loaded
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     from .refiner import Refiner
 
-    refiner = Refiner(device=args.device, weights=args.weights, mode=args.mode, batch_size=args.batch_size,
+    refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, batch_size=args.batch_size,
                       precision=args.precision)
     seen: list[str] = []
     try:
@@ -118,6 +153,10 @@ def _cmd_refine(args: argparse.Namespace) -> int:
               f"failed {seen.count('failed')}", file=sys.stderr)
         raise
     print(summary.line())
+    no_fg = [row.name for row in summary.rows if "use --labels" in row.note]
+    if no_fg:
+        print(f"  note: {len(no_fg)} mask(s) have values but no foreground (>= 128), e.g. {no_fg[0]}; "
+              "label maps? rerun with --labels")
     failed = summary.failed
     for row in failed[:50]:
         print(f"  failed: {row.name}: {row.error}")

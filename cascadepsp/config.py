@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 BACKBONE_BLOCKS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -39,7 +39,6 @@ class RMConfig:
     # Residual output: every output's logits get ``residual`` x the mask estimate its pass was given
     # (in [-1, 1]), so an untrained network returns its input. 0 = the original plain head.
     residual: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         known = sorted([*BACKBONE_BLOCKS, *ENCODER_BACKBONES])
@@ -94,16 +93,14 @@ class RMConfig:
         return self.base_width
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("extra")
-        return d
+        return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RMConfig:
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown RMConfig fields: {sorted(unknown)}")
@@ -112,10 +109,6 @@ class RMConfig:
             if key in kw:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
-
-    @classmethod
-    def from_json(cls, text: str) -> RMConfig:
-        return cls.from_dict(json.loads(text))
 
 
 PRESETS: dict[str, RMConfig] = {

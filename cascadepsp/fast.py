@@ -35,7 +35,7 @@ STRIP_ROWS = 256  # rows per output strip when assembling the final map
 
 @dataclass(frozen=True)
 class FastOptions:
-    """Knobs of the fast path. ``None`` means automatic (see :func:`resolve_options`)."""
+    """Knobs of the batched engine; ``None`` / ``"auto"`` mean automatic, per device (see each field)."""
 
     batch_size: int | None = None  # windows per model call; auto: from free GPU memory, 1 on CPU
     precision: str = "auto"  # "auto" (bf16 on CUDA with bf16 support, else fp32), "fp32", "bf16", "fp16"

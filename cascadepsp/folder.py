@@ -30,7 +30,7 @@ from .datasets import Sample
 from .labels import refine_label_map
 from .metrics import SegMetrics, boundary_accuracy, mask_iou
 from .overlay import make_overlay
-from .refiner import Refiner, check_L
+from .refiner import Refiner, check_L, check_L_fits
 
 LOG = logging.getLogger("cascadepsp.folder")
 MAX_LABELS = 255  # more distinct ids than this in --labels mode is almost surely a soft mask, not a label map
@@ -38,6 +38,10 @@ PathLike = str | os.PathLike
 
 
 # ----------------------------------------------------------------------------------------------- pairing
+
+class NoInputsError(ValueError):
+    """The input folders hold nothing to refine."""
+
 
 @dataclass
 class Job:
@@ -82,7 +86,8 @@ def output_paths(sample: Sample, out: Path, original_layout: bool) -> tuple[Path
 
 
 def find_jobs(inputs: Sequence[PathLike], out: PathLike, gt: PathLike | None = None) -> Pairing:
-    """One folder: original layout; two folders: images + masks by stem. Checks ``out`` first."""
+    """One folder: original layout; two folders: images + masks by stem. Checks ``out`` first; refuses
+    inputs without any image (:class:`NoInputsError`)."""
     if len(inputs) not in (1, 2):
         raise ValueError(f"inputs: expected one folder (original layout) or two (images, masks), got {len(inputs)}")
     for p in [*inputs, *([gt] if gt is not None else [])]:
@@ -93,6 +98,9 @@ def find_jobs(inputs: Sequence[PathLike], out: PathLike, gt: PathLike | None = N
         found = datasets.find_original(inputs[0], gt, exclude=[out_r])
     else:
         found = datasets.find_by_stem(inputs[0], inputs[1], gt, exclude=[out_r])
+    if not found.samples:
+        raise NoInputsError(f"inputs: no images found in {', '.join(map(str, inputs))} (expected <name>_im.jpg|png "
+                            "+ <name>_seg.png, or an image folder and a mask folder)")
     jobs = [Job(s, *output_paths(s, out_r, len(inputs) == 1)) for s in found.samples]
     dirs = [_resolved(d) for d in [*inputs, *([gt] if gt is not None else [])]]
     return Pairing(jobs, dirs, found.orphans)
@@ -388,6 +396,7 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
                 raise ValueError(f"report: {report} lies inside the input folder {d}")
     if refiner is None:
         refiner = Refiner(device=device, weights=weights)
+    check_L_fits(L, getattr(refiner, "device", None))
     jobs = pairing.jobs[:limit] if limit is not None else pairing.jobs
     want_metrics = report is not None or any(j.sample.gt is not None for j in jobs)
     opts = Options(fast=fast, L=L, threshold=threshold, labels=labels, overlay=overlay, resume=resume,

@@ -130,6 +130,14 @@ def to_binary_mask(mask: Any) -> np.ndarray:
     raise ValueError(f"mask: unsupported dtype {arr.dtype}")
 
 
+def mask_max(mask: Any) -> float:
+    """The largest value of a mask given as a numpy array, torch tensor or PIL image (0 for unknown types)."""
+    if isinstance(mask, torch.Tensor):
+        return float(mask.detach().max()) if mask.numel() else 0.0
+    arr = np.asarray(mask) if _is_pil(mask) or isinstance(mask, np.ndarray) else None
+    return float(arr.max()) if arr is not None and arr.size else 0.0
+
+
 def check_same_size(image: np.ndarray, mask: np.ndarray) -> None:
     if image.shape[:2] != mask.shape[:2]:
         raise ValueError(f"mask: size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match image size "

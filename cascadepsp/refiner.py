@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -12,15 +14,18 @@ from torch import nn
 
 from . import inference
 from .fast import FastOptions, FastRunner
-from .inputs import check_same_size, to_binary_mask, to_rgb_uint8
+from .inputs import check_same_size, mask_max, to_binary_mask, to_rgb_uint8
 from .weights import create_model, load_model, resolve_device
 
 WeightsArg = str | os.PathLike | nn.Module | None
 
 
+ENGINES = ("batched", "reference")
+
+
 def _resolve_model(weights: WeightsArg) -> nn.Module:
     if isinstance(weights, nn.Module):
-        return weights
+        return copy.deepcopy(weights)  # our own copy: moving / converting it must not touch the caller's module
     if weights == "random":  # explicit opt-in, for tests and benchmarks only
         return create_model("resnet50")
     return load_model(weights)
@@ -32,6 +37,39 @@ def check_L(L: int) -> int:
     if not isinstance(L, (int, np.integer)) or isinstance(L, bool) or L < smallest:
         raise ValueError(f"L: expected an integer >= {smallest}, got {L!r}")
     return int(L)
+
+
+WINDOW_BYTES_PER_PIXEL = 64  # lower bound of one L x L window's forward: the 64-channel stride-2 fp32 stem output
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device`` (physical RAM for the CPU), or None when unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+
+
+def check_L_fits(L: int, device: str | torch.device | None, image_size: tuple[int, int] | None = None) -> None:
+    """Refuse an ``L`` whose L x L windows cannot fit in the device's memory, before any work is done."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    have = _memory_bytes(dev)
+    need = L * L * WINDOW_BYTES_PER_PIXEL
+    if have is None or need <= have:
+        return
+    largest = int((have / WINDOW_BYTES_PER_PIXEL) ** 0.5) // 8 * 8
+    for_image = f" for a {image_size[0]}x{image_size[1]} image" if image_size else ""
+    raise ValueError(f"L: {L} needs at least {need / 2**30:.0f} GiB{for_image} ({L}x{L} windows) but {dev.type} "
+                     f"has {have / 2**30:.0f} GiB; use a smaller L (default 900, at most about {largest} here)")
+
+
+def _warn_if_no_foreground(mask: Any) -> None:
+    hi = mask_max(mask)
+    if hi > 0:
+        warnings.warn(f"mask: values up to {hi:g} but no foreground (>= 128, or 1 in a 0/1 mask), so the result is "
+                      "empty; a label map? refine each id with cascadepsp.labels.refine_label_map", stacklevel=3)
 
 
 def _check_threshold(threshold: float | None) -> float | None:
@@ -49,25 +87,30 @@ class Refiner:
     location), a path (``.safetensors`` of ours or the official torch file), ``"random"`` (untrained,
     for tests), or an ``nn.Module``. ``device=None`` picks CUDA when available.
 
-    ``mode="fast"`` (default) batches windows, uses bf16 on CUDA and bounded memory; ``mode="reference"``
-    is the original one-window-at-a-time fp32 pipeline. ``batch_size``, ``precision`` and ``channels_last``
-    tune the fast path (``None``/``"auto"`` pick per device); ``compile=True`` runs the local-step windows
-    through ``torch.compile`` (a one-time compile of minutes on CPU, faster afterwards).
+    ``engine="batched"`` (default) batches windows, uses bf16 on CUDA and bounded memory;
+    ``engine="reference"`` is the original one-window-at-a-time fp32 pipeline. ``batch_size``, ``precision``
+    and ``channels_last`` tune the batched engine (``None``/``"auto"`` pick per device); ``compile=True`` runs
+    the local-step windows through ``torch.compile`` (a one-time compile of minutes on CPU, faster afterwards).
+    A module passed as ``weights`` is copied, never changed. (``fast=`` of :meth:`refine` is another thing:
+    the original's global-step-only refinement.)
     """
 
     def __init__(self, device: str | torch.device | None = None, weights: WeightsArg = None, *,
-                 mode: str = "fast", batch_size: int | None = None, precision: str = "auto",
-                 channels_last: bool | None = None, compile: bool = False) -> None:
-        if mode not in ("fast", "reference"):
-            raise ValueError(f"mode: expected 'fast' or 'reference', got {mode!r}")
+                 engine: str = "batched", batch_size: int | None = None, precision: str = "auto",
+                 channels_last: bool | None = None, compile: bool = False, mode: str | None = None) -> None:
+        if mode is not None:
+            raise TypeError(f"Refiner: mode= is now engine= ('batched', formerly 'fast', or 'reference'); "
+                            f"got mode={mode!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine: expected 'batched' or 'reference', got {engine!r}")
         self.device = resolve_device(device)
-        self.mode = mode
+        self.engine = engine
         self.model = _resolve_model(weights).to(self.device).eval()
         options = FastOptions(batch_size=batch_size, precision=precision, channels_last=channels_last,
                               compile=compile)
-        # Only the fast path gets a runner: it converts the model to channels_last, which would change the
-        # reference path's convolution arithmetic.
-        self._runner = FastRunner(self.model, self.device, options) if mode == "fast" else None
+        # Only the batched engine gets a runner: it converts (our copy of) the model to channels_last, which
+        # would change the reference path's convolution arithmetic.
+        self._runner = FastRunner(self.model, self.device, options) if engine == "batched" else None
 
     @torch.inference_mode()
     def refine_probability(self, image: Any, mask: Any, fast: bool = False, L: int = 900, bgr: bool = False
@@ -77,7 +120,9 @@ class Refiner:
         fg = to_binary_mask(mask)
         check_same_size(rgb, fg)
         L = check_L(L)
+        check_L_fits(L, self.device, (rgb.shape[1], rgb.shape[0]))
         if not fg.any():  # nothing to refine: an empty mask stays empty
+            _warn_if_no_foreground(mask)
             return np.zeros(fg.shape, np.float32)
         if fg.all():
             return np.ones(fg.shape, np.float32)

@@ -54,7 +54,8 @@ def run_one(args: argparse.Namespace) -> None:
     weights = cascadepsp.create_model(args.weights[len("random:"):]) if args.weights.startswith("random:") \
         else args.weights
     mode, compiled = ("fast", True) if args.mode == "fast+compile" else (args.mode, False)
-    refiner = cascadepsp.Refiner(device=args.device, weights=weights, mode=mode, precision=args.precision,
+    refiner = cascadepsp.Refiner(device=args.device, weights=weights, engine={"fast": "batched"}.get(mode, mode),
+                                 precision=args.precision,
                                  compile=compiled)
     dev = refiner.device
     small_im, small_seg, _ = make_input("1k", data)

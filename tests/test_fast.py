@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -24,8 +26,8 @@ def test_bilinear_crop_matches_interpolate(h, w, H, W):
 
 
 def _pair(model, **fast_kw):
-    return (Refiner(device="cpu", weights=model, mode="reference"),
-            Refiner(device="cpu", weights=model, mode="fast", **fast_kw))
+    return (Refiner(device="cpu", weights=model, engine="reference"),
+            Refiner(device="cpu", weights=model, engine="batched", **fast_kw))
 
 
 @pytest.mark.parametrize("size,L", [((150, 260), 96), ((70, 90), 96), ((96, 96), 96), ((61, 203), 80)])
@@ -37,7 +39,9 @@ def test_fast_fp32_equals_reference(small_model, size, L):
     assert a.shape == b.shape == size
     diff = np.abs(a - b)
     assert diff.max() < 1 / 255  # float16 accumulators are the only rounding
-    assert np.array_equal(ref.refine(image, mask, L=L, fast=True), fast.refine(image, mask, L=L, fast=True))
+    # Global step only: the same arithmetic up to channels_last rounding (the engines no longer share a module).
+    g_ref, g_fast = ref.refine(image, mask, L=L, fast=True), fast.refine(image, mask, L=L, fast=True)
+    assert np.abs(g_ref.astype(int) - g_fast).max() <= 1 and np.mean(g_ref == g_fast) > 0.99
 
 
 def test_batch_size_does_not_change_the_result(small_model):
@@ -77,9 +81,9 @@ def test_bad_fast_options(kwargs, message):
         FastOptions(**kwargs)
 
 
-def test_bad_mode(small_model):
-    with pytest.raises(ValueError, match="mode"):
-        Refiner(device="cpu", weights=small_model, mode="turbo")
+def test_bad_engine(small_model):
+    with pytest.raises(ValueError, match="engine"):
+        Refiner(device="cpu", weights=small_model, engine="turbo")
 
 
 def test_bilinear_rows_match_interpolate():
@@ -90,11 +94,23 @@ def test_bilinear_rows_match_interpolate():
     assert torch.equal(torch.cat([rows for _, _, rows in strips]), full)
 
 
-def test_reference_mode_leaves_the_model_layout_alone():
-    import cascadepsp
+def test_refiner_never_changes_the_module_it_was_handed(small_model):
+    model = copy.deepcopy(small_model).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    image, mask = make_scene(96, 128, seed=5)
+    first = Refiner(device="cpu", weights=model, engine="reference").refine_probability(image, mask, L=96)
+    batched = Refiner(device="cpu", weights=model, engine="batched")
+    reference = Refiner(device="cpu", weights=model, engine="reference")
+    assert model.training and model.feats.conv1.weight.is_contiguous()  # not eval()-ed, not channels_last
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert batched.model.feats.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert reference.model.feats.conv1.weight.is_contiguous()  # channels_last would alter the reference arithmetic
+    # a reference Refiner built after a batched one on the same module stays bit-exact
+    assert np.array_equal(reference.refine_probability(image, mask, L=96), first)
 
-    model = cascadepsp.create_model("resnet18")
-    Refiner(device="cpu", weights=model, mode="reference")
-    assert model.feats.conv1.weight.is_contiguous()  # channels_last would alter the reference arithmetic
-    Refiner(device="cpu", weights=model, mode="fast")
-    assert model.feats.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+def test_old_engine_spelling_says_the_new_name(small_model):
+    with pytest.raises(TypeError, match=r"mode= is now engine="):
+        Refiner(device="cpu", weights=small_model, mode="fast")
+    with pytest.raises(ValueError, match="engine"):
+        Refiner(device="cpu", weights=small_model, engine="fast")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from official_keys import official_shapes
-from torchvision.models import resnet50
 
 import cascadepsp
-from cascadepsp.backbone import load_rgb_backbone
 from cascadepsp.inference import safe_forward
 
 PASS1 = {"out_28", "pred_28"}
@@ -49,16 +47,6 @@ def test_backbone_strides(small_model):
         f, stem, skip = small_model.feats(x)
     assert f.shape[-2:] == (8, 12) and stem.shape[-2:] == (32, 48) and skip.shape[-2:] == (16, 24)
     assert stem.shape[1] == 64
-
-
-def test_rgb_backbone_inflation_zero_fills_mask_channels():
-    model = cascadepsp.create_model("resnet50")
-    tv = resnet50(weights=None).state_dict()
-    missing = load_rgb_backbone(model.feats, tv)
-    assert missing == []
-    w = model.feats.conv1.weight
-    assert torch.equal(w[:, :3], tv["conv1.weight"]) and torch.count_nonzero(w[:, 3:]) == 0
-    assert torch.equal(model.feats.layer4[2].conv3.weight, tv["layer4.2.conv3.weight"])
 
 
 def _inputs(h=64, w=96, seed=0):
