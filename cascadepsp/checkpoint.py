@@ -46,7 +46,7 @@ def save_weights(state_dict: Mapping[str, Tensor], path: str | os.PathLike, *, m
 def _unreadable(path: str | os.PathLike, kind: str, e: BaseException) -> ValueError:
     """One line naming the file, for a weights file that does not decode (corrupt, truncated, wrong format)."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    reason = text if 0 < len(text) <= 120 else f"{type(e).__name__}: corrupt, truncated or another format"
+    reason = text if 0 < len(text) <= 120 else f"{type(e).__name__}: corrupt, truncated, another format, or objects weights_only refuses"
     return ValueError(f"{path}: not a readable {kind} ({reason})")
 
 

@@ -1,6 +1,11 @@
-"""Shared fixtures: small models and generated images (no ../shared needed)."""
+"""Shared fixtures: small models, a saved weights file and generated images (no ../shared needed).
+
+Tests are flat files named by area (see the README's Layout); ``-m "not slow"`` skips the few long ones.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +28,15 @@ def small_model() -> cascadepsp.RefinementModule:
     """A randomly initialised ResNet-18 refiner (fast on CPU)."""
     torch.manual_seed(0)
     return cascadepsp.create_model("resnet18")
+
+
+@pytest.fixture(scope="session")
+def saved_weights(tmp_path_factory) -> Path:
+    """A random ResNet-18 refiner saved as .safetensors (for the command-line tests)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "r18.safetensors"
+    cascadepsp.save_model(cascadepsp.create_model("resnet18"), path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,20 +11,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-import cascadepsp
 from cascadepsp.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "r18.safetensors"
-    cascadepsp.save_model(cascadepsp.create_model("resnet18"), path)
-    return path
+@pytest.fixture
+def weights(saved_weights) -> Path:
+    return saved_weights
 
 
 def _label_map_folder(root: Path) -> Path:

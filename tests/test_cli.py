@@ -10,21 +10,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-import cascadepsp
 from cascadepsp import download
 from cascadepsp.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "r18.safetensors"
-    cascadepsp.save_model(cascadepsp.create_model("resnet18"), path)
-    return path
+@pytest.fixture
+def weights(saved_weights) -> Path:
+    return saved_weights
 
 
 def make_folder(root: Path, n: int = 2, corrupt: bool = False) -> None:
@@ -98,6 +93,7 @@ def test_info_download_and_convert_commands(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_script_wrapper_runs_the_refine_command(tmp_path, weights):
     make_folder(tmp_path / "in", n=1)
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "refine_folder.py"), str(tmp_path / "in"),

@@ -62,6 +62,7 @@ def test_steps_on_a_fixed_batch_reduce_the_loss(folder, tmp_path):
     assert min(losses[-2:]) < 0.6 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(folder, tmp_path):
     n = 2
     straight = Trainer(tiny_config(folder, tmp_path / "a")).run(max_steps=n + 2)["losses"]

@@ -77,8 +77,9 @@ class _Evil:
 def test_checkpoints_load_with_weights_only(tmp_path):
     path = tmp_path / "evil"
     torch.save({"a": _Evil()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match="evil: not a readable torch checkpoint") as e:
         load_torch_checkpoint(path)
+    assert isinstance(e.value.__cause__, pickle.UnpicklingError)  # refused by weights_only, never executed
 
 
 def test_official_to_safetensors_round_trip(official_file, tmp_path):
