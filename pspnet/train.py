@@ -34,6 +34,7 @@ from .model import PSPNet
 from .weights import save
 
 CHECKPOINT_NAME = runfiles.CKPT_NAME
+LEGACY_CHECKPOINT_NAME = "last.pt"  # runs started before the trainers shared their file names still resume
 LOG_COLUMNS = ("step", "lr", "loss", "main", "aux", "time_s", "val_miou", "val_pixel_acc", "val_images")
 
 
@@ -271,8 +272,9 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
     ckpt_path = out / CHECKPOINT_NAME
     step = 0
     best = {}
-    if cfg.resume and ckpt_path.is_file():
-        blob = load_checkpoint(ckpt_path, model, optimizer)
+    resume_from = ckpt_path if ckpt_path.is_file() else out / LEGACY_CHECKPOINT_NAME
+    if cfg.resume and resume_from.is_file():
+        blob = load_checkpoint(resume_from, model, optimizer)
         step = int(blob["step"])
         best = blob["extra"].get("best", {})
     log = runfiles.CsvLog(out / runfiles.LOG_NAME, LOG_COLUMNS)

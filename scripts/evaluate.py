@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N triplets")
     p.add_argument("--split", choices=["all", "train", "val"], default="all",
                    help="for a flat folder: keep the training or validation part of the refiner's name-hash "
-                        "split (cascadepsp.data.split_by_name, 20%% validation)")
+                        "split (cascadepsp.datasets.split_by_name, 20%% validation)")
     p.add_argument("--out-csv", default=None, help="write per-image metrics here")
     p.add_argument("--figure", default=None, help="write a PNG of the worst and best cases here")
     args = p.parse_args(argv)

@@ -256,6 +256,7 @@ def test_resume_continues_at_the_same_step_with_the_same_lr(shapes_root, tmp_pat
     full = train(PSPNetTrainConfig(out_dir=str(tmp_path / "full"), **common))
     first = train(PSPNetTrainConfig(out_dir=str(tmp_path / "split"), stop_at_step=5, **common))
     assert first.stopped_early and first.step == 5 and first.weights.name == "step_5.safetensors"
+    first.checkpoint.rename(first.checkpoint.with_name("last.pt"))  # a run started under the old file name
     second = train(PSPNetTrainConfig(out_dir=str(tmp_path / "split"), **common))
     assert second.history[0]["step"] == 6 and second.step == 8 and len(second.history) == 3
     assert second.history[0]["lr"] == pytest.approx(poly_lr(0.01, 5, 8))
