@@ -89,6 +89,11 @@ def _index(root: Path, exts: Sequence[str], exclude: Sequence[Path]) -> dict[tup
     return idx
 
 
+def _nested(root: Path, others: Sequence[Path]) -> list[Path]:
+    """The other input folders that lie below ``root``: not read as part of it."""
+    return [o for o in others if o != root and inside(o, root)]
+
+
 def _one(files: list[Path], what: str) -> tuple[Path | None, str | None]:
     if not files:
         return None, f"missing {what}"
@@ -127,9 +132,9 @@ def find_original(root: PathLike, gt: PathLike | None = None, exclude: Sequence[
     """
     root = _require_dir(root, "root")
     gt_root = _require_dir(gt, "gt") if gt is not None else None
-    skip = [_resolved(e) for e in exclude] + ([gt_root] if gt_root else [])
+    skip = [_resolved(e) for e in exclude]
     images, masks, gts = defaultdict(list), defaultdict(list), defaultdict(list)
-    for rel in _walk(root, skip):
+    for rel in _walk(root, [*skip, *([gt_root] if gt_root else [])]):
         ext, parent = rel.suffix.lower(), rel.parent.as_posix()
         if (m := _IM_RE.match(rel.stem)) and ext in imageio.IMAGE_EXTS:
             images[(parent, m.group("name"))].append(root / rel)
@@ -138,7 +143,7 @@ def find_original(root: PathLike, gt: PathLike | None = None, exclude: Sequence[
         elif rel.stem.lower().endswith("_gt") and ext in imageio.MASK_EXTS:
             gts[(parent, rel.stem[:-3])].append(root / rel)
     # --gt DIR holds <name>.<ext> or <name>_gt.<ext>; otherwise the <name>_gt files beside the images are used
-    gt_idx = _index(gt_root, imageio.MASK_EXTS, [*skip, root]) if gt_root is not None else gts
+    gt_idx = _index(gt_root, imageio.MASK_EXTS, [*skip, *_nested(gt_root, [root])]) if gt_root is not None else gts
     samples = []
     for key in sorted(images):
         parent, name = key
@@ -160,10 +165,10 @@ def find_by_stem(images: PathLike, masks: PathLike, gt: PathLike | None = None,
         raise ValueError(f"masks: {masks} is the image folder; for one folder use the original layout "
                          "(<name>_im.jpg + <name>_seg.png) and pass only that folder")
     skip = [_resolved(e) for e in exclude]
-    extra = [gt_root] if gt_root else []
-    im_idx = _index(im_root, imageio.IMAGE_EXTS, [*skip, mask_root, *extra])
-    mask_idx = _index(mask_root, imageio.MASK_EXTS, [*skip, im_root, *extra])
-    gt_idx = _index(gt_root, imageio.MASK_EXTS, [*skip, im_root, mask_root]) if gt_root else None
+    roots = [r for r in (im_root, mask_root, gt_root) if r is not None]
+    im_idx = _index(im_root, imageio.IMAGE_EXTS, [*skip, *_nested(im_root, roots)])
+    mask_idx = _index(mask_root, imageio.MASK_EXTS, [*skip, *_nested(mask_root, roots)])
+    gt_idx = _index(gt_root, imageio.MASK_EXTS, [*skip, *_nested(gt_root, roots)]) if gt_root else None
     samples = []
     for key in sorted(im_idx):
         parent, stem = key

@@ -41,6 +41,9 @@ def test_original_layout_is_recursive_reports_problems_and_skips_excluded_folder
     assert by_name["c"].problem.startswith("ambiguous image") and by_name["c"].image is None
     assert by_name["d"].problem == "missing mask"
     assert found.orphans == ["orphan"]
+    _touch(tmp_path / "gts" / "sub" / "b.png")  # a separate ground-truth folder, nested like the inputs
+    with_gt = {s.name: s for s in datasets.find_original(tmp_path, gt=tmp_path / "gts").samples}
+    assert with_gt["sub/b"].gt == tmp_path / "gts" / "sub" / "b.png" and with_gt["a"].gt is None
 
 
 def test_folders_matched_by_relative_path_and_stem(tmp_path):
@@ -51,6 +54,10 @@ def test_folders_matched_by_relative_path_and_stem(tmp_path):
     found = datasets.find_by_stem(tmp_path / "im", tmp_path / "m", tmp_path / "g")
     assert [(s.name, s.problem) for s in found.samples] == [("2", "missing mask"), ("x/1", None)]
     assert found.samples[1].gt == tmp_path / "g" / "x" / "1.png"
+    # a mask folder nested inside the image folder: its files are masks, not images, and its sub-folders count
+    _touch(tmp_path / "im" / "masks" / "x" / "1.png")
+    nested = datasets.find_by_stem(tmp_path / "im", tmp_path / "im" / "masks")
+    assert [(s.name, s.problem) for s in nested.samples] == [("2", "missing mask"), ("x/1", None)]
     with pytest.raises(ValueError, match="is the image folder"):
         datasets.find_by_stem(tmp_path / "im", tmp_path / "im")
 
