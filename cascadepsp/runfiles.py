@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,28 @@ def load_checkpoint(path: str | os.PathLike, weights_only: bool = True) -> dict[
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not a readable checkpoint ({first})") from e
+
+
+def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], must_match: Sequence[str],
+                 should_match: Sequence[str] = ()) -> None:
+    """Refuse to resume when a setting that fixes the run's data order or shapes changed (``must_match``); warn
+    when one that only changes its course did (``should_match``: the run no longer equals an uninterrupted one).
+
+    Both configs are plain dicts (JSON-like); a key is looked up at the top level, then in ``augment``.
+    """
+    for key in must_match:
+        old, new = _setting(saved, key), _setting(current, key)
+        if old is not None and old != new:
+            raise ValueError(f"resume: checkpoint has {key}={old!r} but the config says {new!r}")
+    for key in should_match:
+        old, new = saved.get(key), current.get(key)
+        if old is not None and old != new:
+            warnings.warn(f"resume: {key} changed from {old!r} to {new!r}; the run will not match an "
+                          "uninterrupted one", stacklevel=3)
+
+
+def _setting(cfg: Mapping[str, Any], key: str) -> Any:
+    return cfg[key] if key in cfg else (cfg.get("augment") or {}).get(key)
 
 
 class CsvLog:

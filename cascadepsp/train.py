@@ -35,6 +35,8 @@ from .model import RefinementModule
 from .weights import MODEL_FORMAT, resolve_device, save_model
 
 CKPT_NAME = runfiles.CKPT_NAME
+RESUME_MUST_MATCH = ("preset", "residual", "seed", "batch_size", "crop_size")  # data order and shapes
+RESUME_SHOULD_MATCH = ("iterations", "lr", "milestones", "augment", "human_seg", "davis")
 
 
 @dataclass
@@ -280,18 +282,7 @@ class Trainer:
             return False
         # Our own file (optimizer/scheduler state holds plain Python objects), hence weights_only=False.
         ck = runfiles.load_checkpoint(path, weights_only=False)
-        saved = ck.get("config", {})
-        for key in ("preset", "residual", "seed", "batch_size", "crop_size"):
-            old = saved.get(key, saved.get("augment", {}).get(key))
-            new = getattr(self.cfg, key, getattr(self.cfg.augment, key, None))
-            if old is not None and old != new:
-                raise ValueError(f"resume: checkpoint has {key}={old!r} but the config says {new!r}")
-        for key in ("iterations", "lr", "milestones", "augment", "human_seg", "davis"):
-            old = saved.get(key)
-            new = self.cfg.to_dict().get(key)
-            if old is not None and old != new:
-                warnings.warn(f"resume: {key} changed from {old!r} to {new!r}; the run will not match an "
-                              "uninterrupted one", stacklevel=2)
+        runfiles.check_resume(ck.get("config", {}), self.cfg.to_dict(), RESUME_MUST_MATCH, RESUME_SHOULD_MATCH)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])

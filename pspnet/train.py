@@ -34,6 +34,8 @@ from .model import PSPNet
 from .weights import save
 
 CHECKPOINT_NAME = runfiles.CKPT_NAME
+RESUME_MUST_MATCH = ("seed", "batch_size", "crop_size", "base_size", "mask_mode")  # data order and shapes
+RESUME_SHOULD_MATCH = ("iters", "lr", "data", "augment")
 LEGACY_CHECKPOINT_NAME = "last.pt"  # runs started before the trainers shared their file names still resume
 LOG_COLUMNS = ("step", "lr", "loss", "main", "aux", "time_s", "val_miou", "val_pixel_acc", "val_images")
 
@@ -275,6 +277,8 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
     resume_from = ckpt_path if ckpt_path.is_file() else out / LEGACY_CHECKPOINT_NAME
     if cfg.resume and resume_from.is_file():
         blob = load_checkpoint(resume_from, model, optimizer)
+        runfiles.check_resume(json.loads(blob["train_config"]), json.loads(json.dumps(cfg.to_dict(), default=str)),
+                              RESUME_MUST_MATCH, RESUME_SHOULD_MATCH)
         step = int(blob["step"])
         best = blob["extra"].get("best", {})
     log = runfiles.CsvLog(out / runfiles.LOG_NAME, LOG_COLUMNS)

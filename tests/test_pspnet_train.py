@@ -277,6 +277,11 @@ def test_resume_rejects_a_checkpoint_of_another_architecture(shapes_root, tmp_pa
     changed = dict(common, head_channels=32)
     with pytest.raises(ValueError, match="model config"):
         train(PSPNetTrainConfig(**changed))
+    # the same rules as the refiner trainer (cascadepsp.runfiles.check_resume)
+    with pytest.raises(ValueError, match="resume: checkpoint has seed=0 but the config says 5"):
+        train(PSPNetTrainConfig(**dict(common, seed=5)))
+    with pytest.warns(UserWarning, match="resume: lr changed"):
+        train(PSPNetTrainConfig(**dict(common, lr=0.02, stop_at_step=2)))
 
 
 def test_train_script_runs_and_resumes(shapes_root, tmp_path, capsys):

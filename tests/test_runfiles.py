@@ -34,3 +34,12 @@ def test_open_atomic_leaves_the_old_file_when_the_block_fails(tmp_path):
         f.write(b"half")
         raise RuntimeError("checksum")
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_check_resume_refuses_data_order_changes_and_warns_on_the_rest():
+    saved = {"seed": 0, "lr": 0.1, "augment": {"crop_size": 224}}
+    runfiles.check_resume(saved, dict(saved), ["seed", "crop_size"], ["lr"])
+    with pytest.raises(ValueError, match="crop_size=224 but the config says 320"):
+        runfiles.check_resume(saved, {**saved, "augment": {"crop_size": 320}}, ["seed", "crop_size"], ["lr"])
+    with pytest.warns(UserWarning, match="lr changed from 0.1 to 0.2"):
+        runfiles.check_resume(saved, {**saved, "lr": 0.2}, ["seed", "crop_size"], ["lr"])
