@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import heapq
+import json
 import math
 import os
 import time
@@ -28,7 +29,7 @@ from .metrics import SegMetrics
 
 __all__ = ["COARSE", "REFINER", "EvalResults", "Sample", "build_methods", "davis_triplets", "evaluate_pairs",
            "find_triplets", "format_table", "load_sample", "match_folders", "save_figure", "select_samples",
-           "write_csv"]
+           "write_csv", "write_summary_json"]
 
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 COARSE = "coarse"  # the unmodified coarse input, always evaluated
@@ -236,6 +237,12 @@ def write_csv(results: EvalResults, path: str | os.PathLike) -> Path:
         for row in results.rows:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
     return path
+
+
+def write_summary_json(results: EvalResults, path: str | os.PathLike, command: str = "") -> Path:
+    """The per-method summaries (dataset IoU, mBA, mean time, counts) and the command that made them, as JSON."""
+    doc = {"command": command, "methods": results.methods, "summary": results.summary}
+    return imageio.write_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode())
 
 
 def save_figure(results: EvalResults, path: str | os.PathLike, max_side: int = 480) -> Path:

@@ -20,6 +20,7 @@ from cascadepsp.evaluation import (
     save_figure,
     select_samples,
     write_csv,
+    write_summary_json,
 )
 
 
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="for a flat folder: keep the training or validation part of the refiner's name-hash "
                         "split (cascadepsp.datasets.split_by_name, 20%% validation)")
     p.add_argument("--out-csv", default=None, help="write per-image metrics here")
+    p.add_argument("--out-json", default=None,
+                   help="write the per-method summary (IoU, mBA, time) and the command here, e.g. for "
+                        "scripts/package_weights.py")
     p.add_argument("--figure", default=None, help="write a PNG of the worst and best cases here")
     args = p.parse_args(argv)
     sources = sum([args.dir is not None, args.davis is not None, any([args.image_dir, args.seg_dir, args.gt_dir])])
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     if args.out_csv:
         print(f"per-image CSV: {write_csv(results, args.out_csv)}")
+    if args.out_json:
+        print(f"summary JSON: {write_summary_json(results, args.out_json, command=' '.join(sys.argv))}")
     if args.figure:
         print(f"figure ({results.figure_method} vs {COARSE}): {save_figure(results, args.figure)}")
     return 0

@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Package a trained refiner for shipping: fp16 safetensors with its training metadata plus the command that
+trained it, its training log's path and the evaluation summaries that scored it (from evaluate.py --out-json).
+
+    python scripts/package_weights.py runs/lite0_long/model_best.safetensors \\
+        cascadepsp/weights/cascadepsp_lite0.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
+        --log training/lite0_long_log.csv --eval davis_u2netp=runs/eval/davis_u2netp.json ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cascadepsp.checkpoint import read_metadata
+from cascadepsp.weights import load_safetensors_model, save_model
+
+# metadata written by save_weights itself, not carried over
+_OWN_KEYS = {"format", "config", "created"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("src", help="a trained refiner .safetensors (e.g. a run's model_best.safetensors)")
+    p.add_argument("dst", help="where to write the packaged fp16 file")
+    p.add_argument("--train-command", default="", help="the command line that trained it")
+    p.add_argument("--log", default="", help="path of the run's training log in the repository")
+    p.add_argument("--eval", nargs="*", default=[], metavar="NAME=JSON",
+                   help="evaluation summaries (evaluate.py --out-json) to record under their names")
+    p.add_argument("--note", default="", help="a free-text note (e.g. how the file was chosen)")
+    a = p.parse_args(argv)
+    model, _ = load_safetensors_model(a.src)
+    meta = {k: v for k, v in read_metadata(a.src).items() if k not in _OWN_KEYS}
+    evaluation = {}
+    for item in a.eval:
+        name, sep, path = item.partition("=")
+        if not sep:
+            p.error(f"--eval: expected NAME=JSON, got {item!r}")
+        evaluation[name] = json.loads(Path(path).read_text())
+    meta.update({k: v for k, v in (("train_command", a.train_command), ("training_log", a.log),
+                                   ("note", a.note)) if v})
+    if evaluation:
+        meta["evaluation"] = json.dumps(evaluation, sort_keys=True)
+    out = save_model(model, a.dst, metadata=meta, half=True)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""scripts/package_weights.py and evaluate.py --out-json: shipped weights carry how they were made and scored."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import cascadepsp
+from cascadepsp.checkpoint import read_metadata
+from cascadepsp.evaluation import COARSE, EvalResults, write_summary_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_package_keeps_training_metadata_and_adds_command_log_and_scores(tmp_path, small_model):
+    src = cascadepsp.save_model(small_model, tmp_path / "best.safetensors",
+                                metadata={"steps": 1234, "train_config": {"preset": "resnet18"}})
+    summary = {"coarse": {"iou": 0.5, "mba": 0.6}, "cascadepsp": {"iou": 0.55, "mba": 0.7}}
+    results = EvalResults(methods=[COARSE, "cascadepsp"], rows=[], summary=summary)
+    ev = write_summary_json(results, tmp_path / "ev.json", command="evaluate.py X")
+    dst = tmp_path / "shipped.safetensors"
+    code = _script("package_weights").main([str(src), str(dst), "--train-command", "train_refiner.py --iters 9",
+                                            "--log", "training/x.csv", "--eval", f"davis={ev}"])
+    assert code == 0
+    meta = read_metadata(dst)
+    assert json.loads(meta["steps"]) == 1234 and json.loads(meta["train_config"])["preset"] == "resnet18"
+    assert meta["train_command"] == "train_refiner.py --iters 9" and meta["training_log"] == "training/x.csv"
+    scored = json.loads(meta["evaluation"])["davis"]
+    assert scored["command"] == "evaluate.py X" and scored["summary"]["cascadepsp"]["mba"] == 0.7
+    loaded = cascadepsp.load_model(dst)
+    for key, value in small_model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(loaded.state_dict()[key], value, atol=2e-3, rtol=1e-3)
+
+
+def test_package_rejects_a_malformed_eval_argument(tmp_path, small_model):
+    src = cascadepsp.save_model(small_model, tmp_path / "best.safetensors")
+    with pytest.raises(SystemExit):
+        _script("package_weights").main([str(src), str(tmp_path / "o.safetensors"), "--eval", "no-equals-sign"])
