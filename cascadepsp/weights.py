@@ -29,8 +29,9 @@ class WeightSpec:
 
 
 REGISTRY: dict[str, WeightSpec] = {
-    "default": WeightSpec("default", "half-width ResNet-18 refiner (resnet18_slim) trained by this project (bundled)",
-                          filename="cascadepsp_r18_slim.safetensors"),
+    "default": WeightSpec("default", "EfficientNet-Lite0 refiner (lite0 preset: ImageNet trunk, residual output) "
+                          "trained by this project on a 2-core CPU (bundled)",
+                          filename="cascadepsp_lite0.safetensors"),
     "official": WeightSpec("official", "original CascadePSP ResNet-50 checkpoint (user-provided / downloaded)",
                            official=True),
 }

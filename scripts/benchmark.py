@@ -1,4 +1,4 @@
-"""Speed / memory benchmark of the refiner: reference vs fast path, per image size, on CPU and GPU.
+"""Speed / memory benchmark of the refiner: reference vs batched engine, per image size, on CPU and GPU.
 
 Each measurement runs in a fresh subprocess so peak RSS is that run's own. Prints a Markdown table.
 
@@ -53,8 +53,8 @@ def run_one(args: argparse.Namespace) -> None:
     torch.manual_seed(0)  # "random:<preset>" weights must be the same in every child process
     weights = cascadepsp.create_model(args.weights[len("random:"):]) if args.weights.startswith("random:") \
         else args.weights
-    mode, compiled = ("fast", True) if args.mode == "fast+compile" else (args.mode, False)
-    refiner = cascadepsp.Refiner(device=args.device, weights=weights, engine={"fast": "batched"}.get(mode, mode),
+    engine, compiled = ("batched", True) if args.mode == "batched+compile" else (args.mode, False)
+    refiner = cascadepsp.Refiner(device=args.device, weights=weights, engine=engine,
                                  precision=args.precision,
                                  compile=compiled)
     dev = refiner.device
@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="../shared/data (uses highres/aeroplane); synthetic if absent")
     p.add_argument("--sizes", nargs="+", default=["1k", "2k", "4k"], choices=list(SIZES))
     p.add_argument("--devices", nargs="+", default=["cpu"])
-    p.add_argument("--modes", nargs="+", default=["reference", "fast"], choices=["reference", "fast", "fast+compile"],
-                   help="fast+compile: torch.compile'd windows, timed after a first (compiling) run")
+    p.add_argument("--modes", nargs="+", default=["reference", "batched"],
+                   choices=["reference", "batched", "batched+compile"],
+                   help="Refiner engines; batched+compile: torch.compile'd windows, timed after a first (compiling) run")
     p.add_argument("--reference-sizes", nargs="*", default=None,
                    help="sizes on which to also run the reference path (default: all)")
     p.add_argument("--global-only", action="store_true", help="benchmark fast=True (global step only)")
@@ -140,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     res = json.loads(line[len("RESULT "):])
                     outputs[mode], times[mode] = np.load(save), res["seconds"]
-                    fastish = mode != "reference" and "reference" in times
-                    speed = times["reference"] / res["seconds"] if fastish else None
-                    off, mx = agreement(outputs["reference"], outputs[mode]) if fastish else (None, None)
+                    batchedish = mode != "reference" and "reference" in times
+                    speed = times["reference"] / res["seconds"] if batchedish else None
+                    off, mx = agreement(outputs["reference"], outputs[mode]) if batchedish else (None, None)
                     gpu = res["gpu_peak_mb"]
                     label = mode if res["first_seconds"] is None else f"{mode} (first run {res['first_seconds']:.0f} s)"
                     cells = [device, f"{size} ({SIZES[size][0]}x{SIZES[size][1]})", label, precision,

@@ -17,7 +17,8 @@ from cascadepsp.cli import main
 from cascadepsp.metrics import mask_iou
 from cascadepsp.weights import REGISTRY, bundled_path
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "davis"
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "davis"
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -33,13 +34,15 @@ def _examples() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 def test_default_refiner_weights_are_bundled_with_provenance():
     path = bundled_path(REGISTRY["default"].filename)
-    assert path.is_file() and path.stat().st_size < 40 * 2**20
+    assert path.is_file() and path.stat().st_size <= 25 * 2**20
     meta = read_metadata(path)
-    assert json.loads(meta["config"])["backbone"] == "resnet18"
-    for key in ("data", "steps", "git_commit", "train_config"):
+    assert json.loads(meta["config"])["backbone"] == "efficientnet_lite0"
+    for key in ("data", "steps", "git_commit", "train_config", "train_command", "training_log", "evaluation"):
         assert key in meta, key
+    assert (REPO / meta["training_log"]).is_file()  # the run's log is committed beside the weights
+    assert json.loads(meta["steps"]) >= 1000
     model = cascadepsp.load_model("default")
-    assert model.config == cascadepsp.get_config("resnet18_slim")
+    assert model.config == cascadepsp.get_config("lite0")
 
 
 def test_default_pspnet_weights_are_bundled():
@@ -68,3 +71,5 @@ def test_readme_command_on_examples(tmp_path):
         assert mask.shape == (480, 854)
         assert (out / f"{r['name']}_overlay.jpg").is_file()
         assert float(r["iou_refined"]) > 0.5  # refined masks still cover the objects
+    # Measured with the bundled lite0 weights: mean IoU 0.868 -> 0.878 (soapbox and scooter gain, parkour loses)
+    assert sum(float(r["iou_refined"]) for r in rows) > sum(float(r["iou_coarse"]) for r in rows)
