@@ -117,8 +117,8 @@ PRESETS: dict[str, RMConfig] = {
     # Small networks for training from scratch (about 14.0 M and 24.1 M parameters).
     "resnet18": RMConfig(backbone="resnet18", psp_out=256, up_channels=(128, 64, 32)),
     "resnet34": RMConfig(backbone="resnet34", psp_out=256, up_channels=(128, 64, 32)),
-    # Half-width ResNet-18 layout with a narrow decoder (3.5 M parameters): the network we can afford to
-    # train on a 2-core CPU and the one shipped as bundled default weights.
+    # Half-width ResNet-18 layout with a narrow decoder (3.5 M parameters), trained from scratch; the
+    # bundled default before `lite0` (it degraded real masks, see issue 10).
     "resnet18_slim": RMConfig(backbone="resnet18", base_width=32, psp_out=128, up_channels=(64, 32, 16),
                               head_hidden=16),
     # ImageNet EfficientNet-Lite0 trunk (OS16, upsampled to OS8), narrow decoder, residual output: the
