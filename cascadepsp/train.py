@@ -35,7 +35,7 @@ from .model import RefinementModule
 from .weights import MODEL_FORMAT, resolve_device, save_model
 
 CKPT_NAME = runfiles.CKPT_NAME
-RESUME_MUST_MATCH = ("preset", "residual", "seed", "batch_size", "crop_size")  # data order and shapes
+RESUME_MUST_MATCH = ("preset", "residual", "seed", "split_seed", "batch_size", "crop_size")  # data, shapes
 RESUME_SHOULD_MATCH = ("iterations", "lr", "milestones", "augment", "human_seg", "davis")
 
 
@@ -74,7 +74,10 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global grad norm; 0 disables
     loss_weights: LossWeights = field(default_factory=LossWeights)
     amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
-    seed: int = 0
+    seed: int = 0  # training randomness (sample order, augmentation, init); never the splits
+    # Splits (human_seg val / dev by name hash) and the fixed validation examples: a constant of the data, not
+    # of the run, so runs with different seeds hold back the same images and report comparable dev scores.
+    split_seed: int = 0
     # runtime
     device: str | None = None
     num_workers: int = 4
@@ -144,10 +147,11 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
     summary: dict[str, Any] = {}
     dev = cfg.validate_on == "dev"
     if cfg.human_seg:
-        hs_train, hs_val = split_by_name(D.list_im_gt(cfg.human_seg), cfg.human_seg_val_fraction, cfg.seed)
+        hs_train, hs_val = split_by_name(D.list_im_gt(cfg.human_seg), cfg.human_seg_val_fraction,
+                                         cfg.split_seed)
         hs_dev: list[Sample] = []
         if dev:
-            hs_train, hs_dev = split_by_name(hs_train, cfg.human_seg_dev_fraction, cfg.seed + 1)
+            hs_train, hs_dev = split_by_name(hs_train, cfg.human_seg_dev_fraction, cfg.split_seed + 1)
         train_items += hs_train * max(1, cfg.human_seg_repeat)
         val_items["human_seg"] = hs_dev if dev else hs_val
         summary["human_seg"] = {"path": cfg.human_seg, "train": len(hs_train), "dev": len(hs_dev),
@@ -177,14 +181,14 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
     summary["backgrounds"] = {"path": cfg.backgrounds, "count": len(backgrounds)}
     summary["train_items"] = len(train_items)
     train = D.RefineTrainDataset(store, backgrounds, cfg.augment, cfg.seed)
-    val_examples = {name: D.build_val_examples(items, cfg.val_max_side, cfg.val_max_items, cfg.seed,
+    val_examples = {name: D.build_val_examples(items, cfg.val_max_side, cfg.val_max_items, cfg.split_seed,
                                                cfg.augment.perturb)
                     for name, items in val_items.items() if items}
     all_val = [it for items in val_items.values() for it in items]
     val_crops = None
     if all_val and cfg.val_crop_batches > 0:
         val_crops = D.RefineTrainDataset(D.ImageStore(all_val, cfg.max_side), backgrounds, cfg.augment,
-                                         cfg.seed + 1)
+                                         cfg.split_seed + 1)
     return DataBundle(train, val_examples, val_crops, summary)
 
 

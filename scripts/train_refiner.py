@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 disables")
     g.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA too")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="training randomness (order, augmentation, init); the splits never depend on it")
     g = p.add_argument_group("runtime")
     g.add_argument("--out", default=d.out_dir)
     g.add_argument("--device")

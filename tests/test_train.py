@@ -155,6 +155,11 @@ def test_build_data_splits_and_rejects_empty(folder, tmp_path):
     names = {ex.name for ex in bundle.val_examples["human_seg"]}
     assert not names & {ex.name for ex in on_val.val_examples["human_seg"]}
     assert not names & {it.name for it in bundle.train.store.items}
+    # the training seed never moves an image between train / dev / val (a warm start with a new seed
+    # must not train on the validation split)
+    reseeded = build_data(tiny_config(folder, tmp_path, seed=7))
+    assert names == {ex.name for ex in reseeded.val_examples["human_seg"]}
+    assert {it.name for it in reseeded.train.store.items} == {it.name for it in bundle.train.store.items}
     with pytest.raises(ValueError, match="data source"):
         build_data(tiny_config(folder, tmp_path, human_seg=None))
     with pytest.raises(ValueError, match="preset"):
