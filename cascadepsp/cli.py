@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--engine", choices=["batched", "reference"], default="batched",
                    help="batched (windows in batches, bounded memory; default) or reference (the original's "
                         "exact one-window loop). Not --fast, which skips the local step")
+    r.add_argument("--backend", choices=["torch", "openvino"], default="torch",
+                   help="torch (default) or openvino (CPU, fp32; needs cascadepsp[openvino]; converts once per "
+                        "machine into $CASCADEPSP_HOME/openvino)")
     r.add_argument("--mode", action=_RenamedOption, new="--engine (batched|reference; 'fast' is now 'batched')")
     r.add_argument("--batch-size", type=_positive, help="windows per model call (default: automatic)")
     r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -126,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="official torch checkpoint")
     c.add_argument("dst", help="output .safetensors path")
     c.add_argument("--half", action="store_true", help="store float16 weights")
+
+    e = sub.add_parser("export-onnx", help="export the network as ONNX with dynamic height and width",
+                       description="Export the refinement network to ONNX (opset 17, dynamic batch / height / "
+                                   "width; sizes must be multiples of 8). global: image [N,3,H,W] (ImageNet-"
+                                   "normalised RGB) + mask [N,1,H,W] in [-1,1] -> pred_os8, pred_os4, pred_os1 "
+                                   "(probabilities of the three-pass cascade). window: also inter_os4 [N,1,H,W] "
+                                   "-> pred_os1 (the local step).")
+    e.add_argument("out", help="output .onnx path")
+    e.add_argument("--weights", default="default",
+                   help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
+    e.add_argument("--graph", choices=["global", "window"], default="global")
     return parser
 
 
@@ -141,7 +155,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     from .refiner import Refiner
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, batch_size=args.batch_size,
-                      precision=args.precision)
+                      precision=args.precision, backend=args.backend)
     seen: list[str] = []
     try:
         summary = refine_folder(
@@ -201,8 +215,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .export import INPUT_NAMES, OUTPUT_NAMES, export_onnx
+    from .weights import load_model
+
+    if not args.out.endswith(".onnx"):
+        raise ValueError(f"out: expected a path ending in .onnx, got {args.out}")
+    path = export_onnx(load_model(args.weights), args.out, args.graph)
+    print(f"wrote {path} ({args.graph} graph: {', '.join(INPUT_NAMES[args.graph])} -> "
+          f"{', '.join(OUTPUT_NAMES[args.graph])})")
+    return EXIT_OK
+
+
 COMMANDS = {"refine": _cmd_refine, "info": _cmd_info, "download-official": _cmd_download,
-            "convert-official": _cmd_convert}
+            "convert-official": _cmd_convert, "export-onnx": _cmd_export_onnx}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ WeightsArg = str | os.PathLike | nn.Module | None
 
 
 ENGINES = ("batched", "reference")
+BACKENDS = ("torch", "openvino")
 
 
 def _resolve_model(weights: WeightsArg) -> nn.Module:
@@ -80,6 +81,20 @@ def _check_threshold(threshold: float | None) -> float | None:
     return float(threshold)
 
 
+def _openvino_model(model: nn.Module, device: torch.device, precision: str, compile: bool,
+                    cache_dir: str | os.PathLike | None) -> nn.Module:
+    """The OpenVINO stand-in for ``model``, after refusing options that do not apply to it."""
+    if device.type != "cpu":
+        raise ValueError(f"backend: 'openvino' runs on the CPU; got device {device} (use backend='torch')")
+    if precision not in ("auto", "fp32"):
+        raise ValueError(f"precision: backend='openvino' runs fp32; got {precision!r}")
+    if compile:
+        raise ValueError("compile: torch.compile does not apply to backend='openvino'")
+    from .openvino_backend import OpenVINOModel
+
+    return OpenVINOModel(model, cache_dir=cache_dir)
+
+
 class Refiner:
     """Refines coarse masks with a CascadePSP refinement module.
 
@@ -93,19 +108,30 @@ class Refiner:
     the local-step windows through ``torch.compile`` (a one-time compile of minutes on CPU, faster afterwards).
     A module passed as ``weights`` is copied, never changed. (``fast=`` of :meth:`refine` is another thing:
     the original's global-step-only refinement.)
+
+    ``backend="openvino"`` runs the network through OpenVINO on the CPU (fp32; ``pip install
+    'cascadepsp[openvino]'``) under either engine; the converted model is cached in ``cache_dir`` (default
+    :func:`cascadepsp.openvino_backend.cache_root`), so only the first Refiner on a machine pays the conversion.
     """
 
     def __init__(self, device: str | torch.device | None = None, weights: WeightsArg = None, *,
                  engine: str = "batched", batch_size: int | None = None, precision: str = "auto",
-                 channels_last: bool | None = None, compile: bool = False, mode: str | None = None) -> None:
+                 channels_last: bool | None = None, compile: bool = False, backend: str = "torch",
+                 cache_dir: str | os.PathLike | None = None, mode: str | None = None) -> None:
         if mode is not None:
             raise TypeError(f"Refiner: mode= is now engine= ('batched', formerly 'fast', or 'reference'); "
                             f"got mode={mode!r}")
         if engine not in ENGINES:
             raise ValueError(f"engine: expected 'batched' or 'reference', got {engine!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected 'torch' or 'openvino', got {backend!r}")
         self.device = resolve_device(device)
         self.engine = engine
+        self.backend = backend
         self.model = _resolve_model(weights).to(self.device).eval()
+        if backend == "openvino":
+            self.model = _openvino_model(self.model, self.device, precision, compile, cache_dir)
+            channels_last = False  # the OpenVINO graph takes plain contiguous arrays
         options = FastOptions(batch_size=batch_size, precision=precision, channels_last=channels_last,
                               compile=compile)
         # Only the batched engine gets a runner: it converts (our copy of) the model to channels_last, which

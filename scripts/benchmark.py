@@ -1,8 +1,12 @@
-"""Speed / memory benchmark of the refiner: reference vs batched engine, per image size, on CPU and GPU.
+"""Speed / memory benchmark of the refiner: engines (reference, batched) and backends (torch, openvino), per
+image size, on CPU and GPU.
 
-Each measurement runs in a fresh subprocess so peak RSS is that run's own. Prints a Markdown table.
+Each measurement runs in a fresh subprocess so peak RSS is that run's own. Prints a Markdown table. The
+openvino rows run the batched engine twice, each in a fresh process: first with an empty cache ("setup" is
+the one-time conversion), then with the warm cache ("setup" is loading it; the timed run is this one).
 
     python scripts/benchmark.py --data ../shared/data --sizes 1k 2k 4k 8k --devices cpu
+    python scripts/benchmark.py --data ../shared/data --sizes 2k --modes reference batched openvino --threads 2
 """
 
 from __future__ import annotations
@@ -54,9 +58,14 @@ def run_one(args: argparse.Namespace) -> None:
     weights = cascadepsp.create_model(args.weights[len("random:"):]) if args.weights.startswith("random:") \
         else args.weights
     engine, compiled = ("batched", True) if args.mode == "batched+compile" else (args.mode, False)
+    backend = "torch"
+    if args.mode == "openvino":
+        engine, backend = "batched", "openvino"
+    t_setup = time.perf_counter()
     refiner = cascadepsp.Refiner(device=args.device, weights=weights, engine=engine,
-                                 precision=args.precision,
-                                 compile=compiled)
+                                 precision=args.precision, compile=compiled, backend=backend,
+                                 cache_dir=args.cache)
+    setup = time.perf_counter() - t_setup
     dev = refiner.device
     small_im, small_seg, _ = make_input("1k", data)
     refiner.refine(small_im[:256, :256], small_seg[:256, :256], fast=True, L=256)  # warm-up
@@ -76,6 +85,7 @@ def run_one(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     result = {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "rss_before_mb": rss_before / 1024, "source": source, "device": str(dev), "first_seconds": first,
+              "setup_seconds": setup,
               "gpu_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
     np.save(args.save, out)
     print("RESULT " + json.dumps(result), flush=True)
@@ -93,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", default=["1k", "2k", "4k"], choices=list(SIZES))
     p.add_argument("--devices", nargs="+", default=["cpu"])
     p.add_argument("--modes", nargs="+", default=["reference", "batched"],
-                   choices=["reference", "batched", "batched+compile"],
-                   help="Refiner engines; batched+compile: torch.compile'd windows, timed after a first (compiling) run")
+                   choices=["reference", "batched", "batched+compile", "openvino"],
+                   help="reference / batched: torch engines; batched+compile: torch.compile'd windows, timed after "
+                        "a first (compiling) run; openvino: the batched engine on the OpenVINO backend (cold, then "
+                        "warm cache)")
     p.add_argument("--reference-sizes", nargs="*", default=None,
                    help="sizes on which to also run the reference path (default: all)")
     p.add_argument("--global-only", action="store_true", help="benchmark fast=True (global step only)")
@@ -109,18 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
+    p.add_argument("--cache", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         run_one(args)
         return 0
 
     rows = []
-    header = ("| device | size | path | precision | time (s) | speed-up | peak RSS (MB) | peak GPU (MB) "
-              "| pixels off by >1/255 | max diff |")
-    print(header + "\n|" + "---|" * 10, flush=True)
+    header = ("| device | size | engine | backend | precision | setup (s) | time (s) | vs batched torch | "
+              "peak RSS (MB) | peak GPU (MB) | pixels off by >1/255 | max diff |")
+    print(header + "\n|" + "---|" * 12, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for device in args.devices:
             for size in args.sizes:
+                cache = str(Path(tmp) / f"openvino_{device}_{size}")  # empty: each row's first child converts
                 outputs, times = {}, {}
                 for mode in args.modes:
                     if mode == "reference" and args.reference_sizes is not None and size not in args.reference_sizes:
@@ -129,24 +143,35 @@ def main(argv: list[str] | None = None) -> int:
                     save = str(Path(tmp) / f"{device}_{size}_{mode}.npy")
                     cmd = [sys.executable, __file__, "--child", "--size", size, "--device", device, "--mode", mode,
                            "--precision", precision, "--save", save, "--weights", args.weights, "--L", str(args.L),
-                           "--threads", str(args.threads)]
+                           "--threads", str(args.threads), "--cache", cache]
                     if args.data:
                         cmd += ["--data", args.data]
                     if args.global_only:
                         cmd.append("--global-only")
-                    proc = subprocess.run(cmd, capture_output=True, text=True)
-                    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-                    if proc.returncode != 0 or line is None:
-                        print(f"| {device} | {size} | {mode} | failed: {proc.stderr.strip().splitlines()[-1:]} |")
+                    runs = 2 if mode == "openvino" else 1  # cold cache (conversion), then warm cache (timed)
+                    setups, res = [], None
+                    for _ in range(runs):
+                        proc = subprocess.run(cmd, capture_output=True, text=True)
+                        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                        if proc.returncode != 0 or line is None:
+                            print(f"| {device} | {size} | {mode} | failed: {proc.stderr.strip().splitlines()[-1:]} |")
+                            res = None
+                            break
+                        res = json.loads(line[len("RESULT "):])
+                        setups.append(res["setup_seconds"])
+                    if res is None:
                         continue
-                    res = json.loads(line[len("RESULT "):])
                     outputs[mode], times[mode] = np.load(save), res["seconds"]
-                    batchedish = mode != "reference" and "reference" in times
-                    speed = times["reference"] / res["seconds"] if batchedish else None
-                    off, mx = agreement(outputs["reference"], outputs[mode]) if batchedish else (None, None)
+                    speed = times["batched"] / res["seconds"] if "batched" in times and mode != "batched" else None
+                    base = "reference" if "reference" in outputs else None
+                    off, mx = agreement(outputs[base], outputs[mode]) if base and mode != base else (None, None)
                     gpu = res["gpu_peak_mb"]
-                    label = mode if res["first_seconds"] is None else f"{mode} (first run {res['first_seconds']:.0f} s)"
-                    cells = [device, f"{size} ({SIZES[size][0]}x{SIZES[size][1]})", label, precision,
+                    engine = {"openvino": "batched"}.get(mode, mode)
+                    if res["first_seconds"] is not None:
+                        engine += f" (first run {res['first_seconds']:.0f} s)"
+                    setup = " / ".join(f"{t:.1f}" for t in setups) if mode == "openvino" else f"{setups[0]:.1f}"
+                    cells = [device, f"{size} ({SIZES[size][0]}x{SIZES[size][1]})", engine,
+                             "openvino" if mode == "openvino" else "torch", precision, setup,
                              f"{res['seconds']:.1f}", "" if speed is None else f"{speed:.2f}x",
                              f"{res['peak_rss_mb']:.0f}", "" if gpu is None else f"{gpu:.0f}",
                              "" if off is None else f"{100 * off:.4f}%", "" if mx is None else str(mx)]
@@ -154,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     print(row, flush=True)
     if args.out_md:
-        Path(args.out_md).write_text(header + "\n|" + "---|" * 10 + "\n" + "\n".join(rows) + "\n")
+        Path(args.out_md).write_text(header + "\n|" + "---|" * 12 + "\n" + "\n".join(rows) + "\n")
     return 0
 
 
