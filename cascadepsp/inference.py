@@ -30,13 +30,13 @@ def normalise_u8(image_u8: Tensor) -> Tensor:
 
 
 def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
-    """HxWx3 uint8 RGB -> 1x3xHxW float, ImageNet-normalised."""
-    return normalise_u8(torch.from_numpy(image).to(device))[None]
+    """HxWx3 uint8 RGB -> 1x3xHxW float, ImageNet-normalised (read-only arrays, e.g. a cache's, are copied)."""
+    return normalise_u8(torch.from_numpy(np.require(image, requirements="W")).to(device))[None]
 
 
 def mask_to_tensor(mask: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
     """HxW bool -> 1x1xHxW float in {-1, +1}."""
-    return torch.from_numpy(mask).to(device).float().mul_(2.0).sub_(1.0)[None, None]
+    return torch.from_numpy(np.require(mask, requirements="W")).to(device).float().mul_(2.0).sub_(1.0)[None, None]
 
 
 def resize_max_side(x: Tensor, side: int, mode: str) -> Tensor:
