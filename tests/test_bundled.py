@@ -47,15 +47,16 @@ def test_default_refiner_weights_are_bundled_with_provenance():
 
 def test_default_pspnet_weights_are_bundled():
     path = pspnet.weights.bundled_path()
-    assert path.is_file() and path.stat().st_size < 40 * 2**20
+    assert path.is_file() and path.stat().st_size < 20 * 2**20
     model = pspnet.load("default")
     ious = []
     for image, _, gt in _examples():
         prob, mask = pspnet.predict(image, model)
         assert prob.shape == mask.shape == gt.shape
         ious.append(mask_iou(mask > 0, gt > 127))
-    # Measured: 0.33 mean for the bundled weights, 0.08 for random ones; the bundled model is weak (250 CPU steps).
-    assert np.mean(ious) > 0.25
+    # Measured with the bundled lite0 PSPNet: parkour 0.42, scooter-black 0.67, soapbox 0.21 (mean 0.43; the
+    # resnet18 PSPNet it replaced had 0.33, random weights 0.08).
+    assert np.mean(ious) > 0.38
 
 
 def test_readme_command_on_examples(tmp_path):
