@@ -48,6 +48,7 @@ class PSPNetTrainConfig:
     out_dir: str
     encoder_name: str = "resnet18"
     pretrained: bool = True  # ImageNet-initialise the encoder when local weights exist for it
+    init: str | None = None  # warm start from one of our PSPNet .safetensors (same architecture), e.g. the bundled
     classes: int = 2
     mask_mode: str = "binary"
     crop_size: int = 320
@@ -256,6 +257,19 @@ def collect_samples(cfg: PSPNetTrainConfig, split: str) -> list[Sample]:
     return samples
 
 
+def warm_start(model: PSPNet, path: str | os.PathLike) -> None:
+    """Copy the weights of a saved PSPNet into ``model``; its architecture must be the same (crop/base may differ)."""
+    from .weights import load
+
+    source = load(path)
+    mine, theirs = model.config.to_dict(), source.config.to_dict()
+    differ = sorted(k for k in mine if k not in ("crop_size", "base_size") and mine[k] != theirs.get(k))
+    if differ:
+        raise ValueError(f"init: {path} is a different PSPNet ({', '.join(f'{k}={theirs.get(k)!r}' for k in differ)}"
+                         f"; this run has {', '.join(f'{k}={mine[k]!r}' for k in differ)})")
+    model.load_state_dict(source.state_dict())
+
+
 def train(cfg: PSPNetTrainConfig) -> TrainResult:
     """Train (or resume from ``out_dir/ckpt_last.pt``) until ``iters``, ``stop_at_step`` or ``max_minutes``."""
     out = Path(cfg.out_dir)
@@ -267,7 +281,9 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
     dataset = SegmentationDataset(train_samples, cfg.crop_size, cfg.base_size, cfg.mask_mode, cfg.augment)
 
     model = PSPNet(config=cfg.model_config())
-    if cfg.pretrained and cfg.encoder_name in PRETRAINED_SOURCES:
+    if cfg.init:
+        warm_start(model, cfg.init)
+    elif cfg.pretrained and cfg.encoder_name in PRETRAINED_SOURCES:
         model.load_imagenet()
     model = model.to(device)
     optimizer = build_optimizer(model, cfg)

@@ -23,6 +23,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", default="resnet18", help="segmentation_models_pytorch encoder name")
     p.add_argument("--no-pretrained", action="store_true",
                    help="random encoder init even where local ImageNet weights exist (timm-tf_efficientnet_lite0)")
+    p.add_argument("--init", metavar="FILE",
+                   help="warm start from one of our PSPNet .safetensors of the same architecture (e.g. "
+                        "pspnet/weights/pspnet_fg.safetensors) with a new schedule; --resume-style continuation "
+                        "of a run uses OUT/ckpt_last.pt instead")
     p.add_argument("--classes", type=int, default=2)
     p.add_argument("--mask-mode", choices=("binary", "labels"), default="binary")
     p.add_argument("--head-channels", type=int, default=512, help="width of the 3x3 conv after pyramid pooling")
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = PSPNetTrainConfig(data=tuple(args.data), out_dir=args.out, encoder_name=args.encoder, classes=args.classes,
-                      pretrained=not args.no_pretrained,
+                      pretrained=not args.no_pretrained, init=args.init,
                       head_channels=args.head_channels,
                       mask_mode=args.mask_mode, crop_size=args.crop, base_size=args.base_size,
                       batch_size=args.batch, iters=args.iters, lr=args.lr, workers=args.workers,

@@ -284,6 +284,20 @@ def test_resume_rejects_a_checkpoint_of_another_architecture(shapes_root, tmp_pa
         train(PSPNetTrainConfig(**dict(common, lr=0.02, stop_at_step=2)))
 
 
+def test_init_warm_starts_from_saved_weights_and_refuses_another_architecture(shapes_root, tmp_path):
+    common = dict(data=(str(shapes_root),), iters=2, checkpoint_every=0, val_at_end=False, **TINY)
+    first = train(PSPNetTrainConfig(out_dir=str(tmp_path / "a"), **common))
+    source = pspnet.load(first.weights).state_dict()
+    # no steps: the warm-started model is written as it was loaded (a different crop is not architecture)
+    warm = train(PSPNetTrainConfig(out_dir=str(tmp_path / "b"), init=str(first.weights), stop_at_step=0,
+                                   **dict(common, crop_size=40)))
+    loaded = pspnet.load(warm.weights).state_dict()
+    assert all(torch.equal(source[k], loaded[k]) for k in source)
+    with pytest.raises(ValueError, match="init: .* is a different PSPNet .*head_channels=64"):
+        train(PSPNetTrainConfig(out_dir=str(tmp_path / "c"), init=str(first.weights),
+                                **dict(common, head_channels=32)))
+
+
 def test_train_script_runs_and_resumes(shapes_root, tmp_path, capsys):
     import importlib.util
     from pathlib import Path
