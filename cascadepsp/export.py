@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from .imageio import open_atomic
 
 GRAPHS = ("global", "window")
 OPSET = 17
@@ -58,10 +59,11 @@ def exportable(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.AdaptiveAvgPool2d):
-                size = child.output_size
-                bins = size if isinstance(size, int) else size[0]
-                if not isinstance(size, int) and (len(size) != 2 or size[0] != size[1] or size[0] is None):
-                    raise ValueError(f"model: cannot export adaptive pooling to {size} (square bins only)")
+                bins = child.output_size
+                if not isinstance(bins, int):
+                    if len(bins) != 2 or bins[0] is None or bins[0] != bins[1]:
+                        raise ValueError(f"model: cannot export adaptive pooling to {bins} (square bins only)")
+                    bins = bins[0]
                 setattr(parent, name, BinAveragePool(bins))
     return model
 
@@ -92,23 +94,14 @@ def example_inputs(graph: str, height: int = 64, width: int = 96) -> tuple[Tenso
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, graph: str = "global", opset: int = OPSET) -> Path:
-    """Write ``model`` as an ONNX graph with dynamic batch, height and width; atomic (temp file + rename).
+    """Write ``model`` as an ONNX graph with dynamic batch, height and width (atomically, :func:`open_atomic`).
 
     Height and width must be multiples of 8 when the file is run (pad as ``safe_forward`` does)."""
-    path = Path(path)
     wrapped = CascadeGraph(exportable(model), graph).eval()
     names_in, names_out = INPUT_NAMES[graph], OUTPUT_NAMES[graph]
     axes = {name: {0: "batch", 2: "height", 3: "width"} for name in (*names_in, *names_out)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about Python-level shape checks, all static here
-            torch.onnx.export(wrapped, example_inputs(graph), tmp, dynamo=False, input_names=list(names_in),
-                              output_names=list(names_out), dynamic_axes=axes, opset_version=opset)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with open_atomic(path) as f, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-level shape checks, all static here
+        torch.onnx.export(wrapped, example_inputs(graph), f, dynamo=False, input_names=list(names_in),
+                          output_names=list(names_out), dynamic_axes=axes, opset_version=opset)
+    return Path(path)

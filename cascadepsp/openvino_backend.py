@@ -30,6 +30,7 @@ log = logging.getLogger("cascadepsp")
 
 CACHE_FORMAT = "cascadepsp-openvino-1"
 MANIFEST = "manifest.json"
+ENTRY_FILES = tuple(graph + ext for graph in GRAPHS for ext in (".xml", ".bin"))  # each graph's IR, in an entry
 
 
 def _openvino() -> Any:
@@ -79,16 +80,13 @@ def _check_entry(entry: Path) -> str | None:
     if manifest.get("format") != CACHE_FORMAT:
         return f"format {manifest.get('format')!r}, expected {CACHE_FORMAT!r}"
     files = manifest.get("files", {})
-    for graph in GRAPHS:
-        for ext in (".xml", ".bin"):
-            name = graph + ext
-            path = entry / name
-            if name not in files:
-                return f"{name} missing from the manifest"
-            if not path.is_file():
-                return f"{name} missing"
-            if _sha256(path) != files[name]:
-                return f"{name} does not match its recorded SHA-256"
+    for name in ENTRY_FILES:
+        if name not in files:
+            return f"{name} missing from the manifest"
+        if not (entry / name).is_file():
+            return f"{name} missing"
+        if _sha256(entry / name) != files[name]:
+            return f"{name} does not match its recorded SHA-256"
     return None
 
 
@@ -99,13 +97,11 @@ def build_entry(model: nn.Module, entry: Path) -> float:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        files = {}
         for graph in GRAPHS:
             onnx_path = export_onnx(model, tmp / f"{graph}.onnx", graph)
             ov.save_model(ov.convert_model(str(onnx_path)), str(tmp / f"{graph}.xml"), compress_to_fp16=False)
             onnx_path.unlink()
-            for ext in (".xml", ".bin"):
-                files[graph + ext] = _sha256(tmp / f"{graph}{ext}")
+        files = {name: _sha256(tmp / name) for name in ENTRY_FILES}
         manifest = {"format": CACHE_FORMAT, "files": files, "openvino": ov.__version__, "torch": torch.__version__,
                     "config": repr(getattr(model, "config", None)), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
