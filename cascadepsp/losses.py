@@ -61,18 +61,39 @@ def gradient_loss(pred: Tensor, gt: Tensor) -> Tensor:
     return F.l1_loss(gradient_magnitude(pred), gradient_magnitude(gt))
 
 
+def boundary_band(gt_bin: Tensor, radius: int) -> Tensor:
+    """1 where a pixel lies within ``radius`` pixels (Chebyshev) of the mask's boundary, else 0 (B,1,H,W)."""
+    if radius < 1:
+        raise ValueError(f"radius: expected >= 1, got {radius}")
+    k = 2 * radius + 1
+    dilated = F.max_pool2d(gt_bin, k, stride=1, padding=radius)
+    eroded = -F.max_pool2d(-gt_bin, k, stride=1, padding=radius)
+    return dilated - eroded
+
+
+def _mean(x: Tensor, weight: Tensor | None) -> Tensor:
+    return x.mean() if weight is None else (x * weight).sum() / weight.sum()
+
+
 def refinement_loss(out: dict[str, Tensor], gt: Tensor, weights: LossWeights = LossWeights(),
+                    boundary_weight: float = 0.0, boundary_radius: int = 5,
                     ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total weighted loss over the six output slots, and a dict of its unweighted parts (detached
     0-d tensors, so logging costs no device sync until read) for logging.
 
     ``out`` is the model's output dict; ``gt`` the soft ground truth (B,1,H,W) in [0, 1]. Slots whose
     outputs are absent (passes skipped with ``inter_s8``/``inter_s4``) contribute nothing.
+    ``boundary_weight`` > 0 weights the CE / L1 / L2 terms of pixels within ``boundary_radius`` of the GT
+    boundary by ``1 + boundary_weight`` (a weighted mean, so the loss keeps its scale): the interior of a
+    residual-output network's prediction is already right, the boundary is where the work is.
     """
     if gt.dim() != 4 or gt.shape[1] != 1:
         raise ValueError(f"gt: expected a (B,1,H,W) tensor, got shape {tuple(gt.shape)}")
+    if boundary_weight < 0:
+        raise ValueError(f"boundary_weight: expected >= 0, got {boundary_weight}")
     gt = gt.float()
     gt_bin = (gt > 0.5).float()
+    pix_w = 1.0 + boundary_weight * boundary_band(gt_bin, boundary_radius) if boundary_weight else None
     w = weights.to_dict()
     total = gt.new_zeros(())
     parts: dict[str, Tensor] = {}
@@ -84,11 +105,11 @@ def refinement_loss(out: dict[str, Tensor], gt: Tensor, weights: LossWeights = L
         pred = out[pred_key].float() if pred_key in out else torch.sigmoid(logits)
         terms: dict[str, Tensor] = {}
         if w.get(f"{slot}_ce", 0.0):
-            terms["ce"] = F.binary_cross_entropy_with_logits(logits, gt_bin)
+            terms["ce"] = _mean(F.binary_cross_entropy_with_logits(logits, gt_bin, reduction="none"), pix_w)
         if w.get(f"{slot}_l1", 0.0):
-            terms["l1"] = F.l1_loss(pred, gt)
+            terms["l1"] = _mean((pred - gt).abs(), pix_w)
         if w.get(f"{slot}_l2", 0.0):
-            terms["l2"] = F.mse_loss(pred, gt)
+            terms["l2"] = _mean((pred - gt) ** 2, pix_w)
         if w.get(f"{slot}_grad", 0.0):
             terms["grad"] = gradient_loss(pred, gt)
         for name, value in terms.items():

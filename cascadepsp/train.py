@@ -35,6 +35,7 @@ from .model import RefinementModule
 from .weights import MODEL_FORMAT, resolve_device, save_model
 
 CKPT_NAME = runfiles.CKPT_NAME
+SOURCES = ("davis", "human_seg")  # names of the training data sources
 RESUME_MUST_MATCH = ("preset", "residual", "seed", "split_seed", "batch_size", "crop_size")  # data, shapes
 RESUME_SHOULD_MATCH = ("iterations", "lr", "milestones", "augment", "human_seg", "davis")
 
@@ -58,8 +59,11 @@ class TrainConfig:
     # `davis_n_dev` training sequences and `human_seg_dev_fraction` of the human_seg training photos, so
     # design choices never see the validation split. "val" validates on the validation split instead.
     validate_on: str = "dev"
-    davis_n_dev: int = 1
+    davis_n_dev: int = 3  # libby, motocross-jump, paragliding-launch with the default val split
     human_seg_dev_fraction: float = 0.1
+    # Sources whose real segmenter masks may replace the synthetic coarse input in training. human_seg's
+    # U2-Netp masks are systematically too small for its matting GT, which teaches the net to grow masks.
+    real_coarse_sources: tuple[str, ...] = ("davis", "human_seg")
     human_seg_repeat: int = 3  # human_seg photos are independent, DAVIS frames are not: weight them up
     max_side: int = 640  # cap on the long side of cached training images
     background_max_side: int = 1024
@@ -73,6 +77,8 @@ class TrainConfig:
     gamma: float = 0.1
     grad_clip: float = 5.0  # max global grad norm; 0 disables
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    boundary_weight: float = 0.0  # extra CE/L1/L2 weight of pixels near the GT boundary (0: the original's)
+    boundary_radius: int = 5
     amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
     seed: int = 0  # training randomness (sample order, augmentation, init); never the splits
     # Splits (human_seg val / dev by name hash) and the fixed validation examples: a constant of the data, not
@@ -101,6 +107,9 @@ class TrainConfig:
             raise ValueError("iterations and batch_size must be >= 1")
         if any(not 0 < m <= 1 for m in self.milestones):
             raise ValueError(f"milestones: expected fractions in (0, 1], got {self.milestones}")
+        unknown = set(self.real_coarse_sources) - set(SOURCES)
+        if unknown:
+            raise ValueError(f"real_coarse_sources: expected names among {SOURCES}, got {sorted(unknown)}")
         if self.validate_on not in ("dev", "val"):
             raise ValueError(f"validate_on: expected 'dev' or 'val', got {self.validate_on!r}")
 
@@ -124,7 +133,7 @@ class TrainConfig:
             if k in aug:
                 aug[k] = tuple(aug[k])
         lw = LossWeights(**d.pop("loss_weights", {}) or {})
-        for k in ("milestones", "davis_val_sequences"):
+        for k in ("milestones", "davis_val_sequences", "real_coarse_sources"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(augment=D.AugmentConfig(**aug), loss_weights=lw, **d)
@@ -140,6 +149,11 @@ class DataBundle:
     summary: dict[str, Any]
 
 
+def _without_real_coarse(samples: list[Sample], drop: bool) -> list[Sample]:
+    """``samples`` with their real coarse masks removed when ``drop`` (training then perturbs the GT instead)."""
+    return [dataclasses.replace(s, mask=None) for s in samples] if drop else samples
+
+
 def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
     """Sources from ``cfg``: DAVIS split by sequence, human_seg split by name hash; preloads the train cache."""
     train_items: list[Sample] = []
@@ -152,7 +166,8 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
         hs_dev: list[Sample] = []
         if dev:
             hs_train, hs_dev = split_by_name(hs_train, cfg.human_seg_dev_fraction, cfg.split_seed + 1)
-        train_items += hs_train * max(1, cfg.human_seg_repeat)
+        train_items += _without_real_coarse(hs_train, "human_seg" not in cfg.real_coarse_sources) \
+            * max(1, cfg.human_seg_repeat)
         val_items["human_seg"] = hs_dev if dev else hs_val
         summary["human_seg"] = {"path": cfg.human_seg, "train": len(hs_train), "dev": len(hs_dev),
                                 "val": len(hs_val), "repeat": cfg.human_seg_repeat}
@@ -164,9 +179,11 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
                 raise ValueError(f"davis_n_dev: {cfg.davis_n_dev} leaves no DAVIS training sequence")
             tr_seq, dev_seq = tr_seq[:-cfg.davis_n_dev], tr_seq[-cfg.davis_n_dev:]
         dv_train = D.list_davis(cfg.davis, tr_seq)
-        train_items += dv_train
+        train_items += _without_real_coarse(dv_train, "davis" not in cfg.real_coarse_sources)
         held = dev_seq if dev else va_seq
-        val_items["davis"] = D.list_davis(cfg.davis, held) if held else []
+        # Only every 5th DAVIS frame has a real (U2-Netp) mask: validate on those, so every example scores both.
+        held_items = D.list_davis(cfg.davis, held) if held else []
+        val_items["davis"] = [s for s in held_items if s.mask is not None] or held_items
         summary["davis"] = {"path": cfg.davis, "train_sequences": tr_seq, "dev_sequences": dev_seq,
                             "val_sequences": va_seq, "train": len(dv_train)}
     summary["validate_on"] = cfg.validate_on
@@ -313,6 +330,10 @@ class Trainer:
         return DataLoader(self.data.train, batch_sampler=sampler, num_workers=cfg.num_workers,
                           pin_memory=self.device.type == "cuda", **kw)
 
+    def loss(self, out: dict[str, torch.Tensor], gt: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The run's training loss (slot weights and boundary weighting of its config)."""
+        return refinement_loss(out, gt, self.cfg.loss_weights, self.cfg.boundary_weight, self.cfg.boundary_radius)
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimisation step on a batch; returns the loss parts, grad norm and lr used."""
         self.model.train()
@@ -322,7 +343,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             out = self.model(im, seg)
-        loss, parts = refinement_loss(out, gt, self.cfg.loss_weights)
+        loss, parts = self.loss(out, gt)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
@@ -493,7 +514,7 @@ class Trainer:
                 im = torch.stack([x["image"] for x in batch]).to(self.device)
                 gt = torch.stack([x["gt"] for x in batch]).to(self.device)
                 seg = torch.stack([x["seg"] for x in batch]).to(self.device)
-                loss, _ = refinement_loss(self.model(im, seg), gt, self.cfg.loss_weights)
+                loss, _ = self.loss(self.model(im, seg), gt)
                 total += float(loss) * len(batch)
             result["val_loss"] = total / max(1, n)
         self.model.train()

@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--saturation", type=float, default=d.augment.saturation)
     g.add_argument("--real-coarse-prob", type=float, default=d.augment.real_coarse_prob,
                    help="chance to train on the source's real segmenter mask instead of a synthetic one")
+    g.add_argument("--real-coarse-sources", nargs="+", default=list(d.real_coarse_sources),
+                   choices=("davis", "human_seg"), help="sources whose real masks may be used as coarse input")
+    g.add_argument("--davis-n-dev", type=int, default=d.davis_n_dev,
+                   help="DAVIS training sequences held back as the dev set (the last ones in sorted order)")
     g.add_argument("--validate-on", choices=("dev", "val"), default=d.validate_on,
                    help="dev: a part held back from the training split (default); val: the validation split")
     g = p.add_argument_group("optimisation")
@@ -48,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--crop", type=int, default=d.augment.crop_size)
     g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--boundary-weight", type=float, default=d.boundary_weight,
+                   help="extra loss weight of pixels near the GT boundary (0: the original's loss)")
+    g.add_argument("--boundary-radius", type=int, default=d.boundary_radius, help="boundary band radius, px")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 disables")
     g.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA too")
@@ -74,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(a: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(
         preset=a.preset, residual=a.residual, pretrained=not a.no_pretrained, init=a.init,
-        validate_on=a.validate_on, human_seg=a.human_seg, davis=a.davis, backgrounds=a.backgrounds,
+        validate_on=a.validate_on, real_coarse_sources=tuple(a.real_coarse_sources), davis_n_dev=a.davis_n_dev,
+        boundary_weight=a.boundary_weight, boundary_radius=a.boundary_radius, human_seg=a.human_seg, davis=a.davis, backgrounds=a.backgrounds,
         davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat,
         max_side=a.max_side, batch_size=a.batch_size, iterations=a.iters, lr=a.lr, weight_decay=a.weight_decay,
         grad_clip=a.grad_clip, amp=not a.no_amp, seed=a.seed, device=a.device, num_workers=a.workers,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cascadepsp.losses import LossWeights, gradient_loss, gradient_magnitude, refinement_loss
+from cascadepsp.losses import LossWeights, boundary_band, gradient_loss, gradient_magnitude, refinement_loss
 
 KEYS = ("224", "28", "56", "28_2", "28_3", "56_2")
 
@@ -108,3 +108,37 @@ def test_gradients_flow_and_bad_gt_shape():
     assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in logits.values())
     with pytest.raises(ValueError, match="gt"):
         refinement_loss(out, gt[0])
+
+
+def test_boundary_band_marks_pixels_near_the_edge():
+    gt = torch.zeros(1, 1, 20, 20)
+    gt[..., 5:15, 5:15] = 1
+    band = boundary_band(gt, 2)
+    assert band[0, 0, 10, 10] == 0 and band[0, 0, 0, 0] == 0  # deep inside / far outside
+    assert band[0, 0, 5, 10] == 1 and band[0, 0, 3, 10] == 1 and band[0, 0, 16, 10] == 1
+    assert band[0, 0, 2, 10] == 0 and band[0, 0, 8, 10] == 0
+    assert boundary_band(torch.ones(1, 1, 8, 8), 2).sum() == 0  # no boundary in a full mask
+    with pytest.raises(ValueError, match="radius"):
+        boundary_band(gt, 0)
+
+
+def test_boundary_weight_counts_errors_on_the_boundary_more():
+    gt = disk_gt()
+    band = boundary_band(gt, 3)
+    inside = (gt > 0) & (band == 0)
+    # same number of wrong pixels, once on the boundary band and once deep inside the object
+    on_edge, deep = gt.clone(), gt.clone()
+    edge_idx = torch.nonzero(((band > 0) & (gt > 0)).flatten())[:10, 0]
+    deep_idx = torch.nonzero(inside.flatten())[:10, 0]
+    on_edge.view(-1)[edge_idx] = 0
+    deep.view(-1)[deep_idx] = 0
+    w = LossWeights(s0_grad=0.0)
+
+    def loss(pred, bw):
+        return refinement_loss(outputs_from_probs({k: pred for k in KEYS}), gt, w, bw, 3)[0].item()
+
+    assert loss(on_edge, 0.0) == pytest.approx(loss(deep, 0.0), rel=1e-5)  # the original loss cannot tell
+    assert loss(on_edge, 4.0) > 2 * loss(deep, 4.0)
+    assert loss(gt, 4.0) < 1e-4  # a perfect prediction stays (near) zero
+    with pytest.raises(ValueError, match="boundary_weight"):
+        refinement_loss(outputs_from_probs({k: gt for k in KEYS}), gt, w, -1.0)

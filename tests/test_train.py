@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from synthetic_data import write_shapes_dataset
 
 from cascadepsp.checkpoint import read_metadata
 from cascadepsp.train import CKPT_NAME, TrainConfig, Trainer, build_data, config_replace
@@ -160,6 +161,14 @@ def test_build_data_splits_and_rejects_empty(folder, tmp_path):
     reseeded = build_data(tiny_config(folder, tmp_path, seed=7))
     assert names == {ex.name for ex in reseeded.val_examples["human_seg"]}
     assert {it.name for it in reseeded.train.store.items} == {it.name for it in bundle.train.store.items}
+    # real segmenter masks reach training only from the sources asked for; dev keeps them for scoring
+    assert any(it.mask is not None for it in bundle.train.store.items)
+    synthetic_only = build_data(tiny_config(folder, tmp_path, real_coarse_sources=("davis",)))
+    assert all(it.mask is None for it in synthetic_only.train.store.items)
+    assert any(ex.coarse_real is not None for ex in synthetic_only.val_examples["human_seg"]) == \
+        any(ex.coarse_real is not None for ex in bundle.val_examples["human_seg"])
+    with pytest.raises(ValueError, match="real_coarse_sources"):
+        tiny_config(folder, tmp_path, real_coarse_sources=("coco",))
     with pytest.raises(ValueError, match="data source"):
         build_data(tiny_config(folder, tmp_path, human_seg=None))
     with pytest.raises(ValueError, match="preset"):
@@ -179,3 +188,22 @@ def test_script_trains_and_resumes(folder, tmp_path):
     assert script.main(args) == 2  # refuses to overwrite a run without --resume
     assert script.main([*args, "--export", str(tmp_path / "x.safetensors")]) == 0
     assert json.loads(read_metadata(tmp_path / "x.safetensors")["steps"]) == 2
+
+
+def test_davis_dev_holds_back_sequences_and_scores_frames_with_real_masks(tmp_path):
+    root = write_shapes_dataset(tmp_path / "davis", count=12, layout="davis", sequences=4)
+    for seq in ("seq1", "seq2"):  # real masks on one frame of each dev sequence
+        frame = sorted((root / "Annotations" / seq).iterdir())[0]
+        (root / "coarse_u2netp" / seq).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "coarse_u2netp" / seq / frame.name), cv2.imread(str(frame), cv2.IMREAD_GRAYSCALE))
+    cfg = tiny_config(tmp_path, tmp_path / "run", human_seg=None, davis=str(root), davis_n_val=1, davis_n_dev=2,
+                      val_max_items=None, boundary_weight=4.0, boundary_radius=2)
+    bundle = build_data(cfg)
+    dv = bundle.summary["davis"]
+    assert (dv["train_sequences"], dv["dev_sequences"], dv["val_sequences"]) == (["seq0"], ["seq1", "seq2"], ["seq3"])
+    assert sorted(ex.name for ex in bundle.val_examples["davis"]) == ["seq1/00001", "seq2/00002"]
+    assert all(ex.coarse_real is not None for ex in bundle.val_examples["davis"])
+    trainer = Trainer(cfg, bundle)  # the boundary-weighted loss trains
+    assert np.isfinite(trainer.train_step(next(iter(trainer.loader(0, 1))))["total"])
+    with pytest.raises(ValueError, match="davis_n_dev"):
+        build_data(config_replace(cfg, davis_n_dev=3))
