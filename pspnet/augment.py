@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cascadepsp.data import AugmentConfig, paste_object, random_background
 from cascadepsp.inference import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE_INDEX = 255
@@ -90,6 +91,29 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
         image = cv2.GaussianBlur(np.ascontiguousarray(image), (cfg.blur_kernel, cfg.blur_kernel), 0)
     image, mask = pad_and_crop(image, mask, crop, rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+PASTE = AugmentConfig()  # the refiner's copy-paste ranges (scale 0.4-1.1, rotation +-30 deg, feathering)
+
+
+def composite_pair(image: np.ndarray, mask: np.ndarray, background: np.ndarray, background_mask: np.ndarray,
+                   rng: np.random.Generator, paste: AugmentConfig = PASTE) -> tuple[np.ndarray, np.ndarray] | None:
+    """Copy-paste the foreground (label 1) of ``image`` onto a random region of ``background`` (binary masks).
+
+    The new label is the pasted object united with the background's own foreground, so an object that was
+    already in the background photo stays foreground. None when the object is too small or leaves the frame.
+    """
+    if image.shape[:2] != mask.shape or background.shape[:2] != background_mask.shape:
+        raise ValueError("composite_pair: each mask must match its image's size")
+    h, w = mask.shape
+    both = np.dstack([background, np.where(background_mask == 1, 255, 0).astype(np.uint8)])
+    region = random_background(both, h, w, rng)  # the same crop, resize and flip for image and label
+    pasted = paste_object(image, np.where(mask == 1, 255, 0).astype(np.uint8), np.ascontiguousarray(region[..., :3]),
+                          rng, paste)
+    if pasted is None:
+        return None
+    composite, alpha = pasted
+    return composite, ((alpha > 127) | (region[..., 3] > 127)).astype(np.uint8)
 
 
 def normalize(image: np.ndarray) -> Tensor:

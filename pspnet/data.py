@@ -20,10 +20,11 @@ from torch.utils.data import Dataset
 from cascadepsp import datasets, imageio
 from cascadepsp.datasets import Sample
 
-from .augment import IGNORE_INDEX, SegAugmentConfig, augment_pair, normalize
+from .augment import IGNORE_INDEX, SegAugmentConfig, augment_pair, composite_pair, normalize
 
 MASK_MODES = ("binary", "labels")
-SPLITS = ("train", "val", "all")
+SPLITS = ("train", "dev", "val", "all")
+DEV_SEED = 1  # the refiner trainer's human_seg dev split seed (its split_seed + 1): both models hold back the same
 
 
 def detect_layout(root: Path) -> str:
@@ -39,10 +40,15 @@ def detect_layout(root: Path) -> str:
 
 
 def _davis_samples(root: Path, split: str, sequences: Sequence[str] | None, val_sequences: int,
-                   frame_step: int) -> list[Sample]:
+                   frame_step: int, dev_sequences: int) -> list[Sample]:
     all_seqs = datasets.davis_sequences(root, "Annotations")
-    val = set(all_seqs[len(all_seqs) - val_sequences:]) if val_sequences > 0 else set()
-    chosen = [s for s in all_seqs if (split == "all" or (s in val) == (split == "val"))]
+    val = all_seqs[len(all_seqs) - val_sequences:] if val_sequences > 0 else []
+    train = [s for s in all_seqs if s not in val]
+    if dev_sequences and dev_sequences >= len(train):
+        raise ValueError(f"dev_sequences: {dev_sequences} leaves no DAVIS training sequence in {root}")
+    dev = train[len(train) - dev_sequences:] if dev_sequences > 0 else []
+    parts = {"train": [s for s in train if s not in dev], "dev": dev, "val": val, "all": all_seqs}
+    chosen = parts[split]
     if sequences is not None:
         unknown = set(sequences) - set(all_seqs)
         if unknown:
@@ -53,8 +59,11 @@ def _davis_samples(root: Path, split: str, sequences: Sequence[str] | None, val_
 
 
 def find_samples(root: str | Path, split: str = "train", *, sequences: Sequence[str] | None = None,
-                 val_sequences: int = 3, val_fraction: float = 0.2, frame_step: int = 1) -> list[Sample]:
-    """All (image, ground truth) samples of ``split`` (``train``/``val``/``all``) under ``root``, in a stable order."""
+                 val_sequences: int = 3, val_fraction: float = 0.2, frame_step: int = 1, dev_sequences: int = 0,
+                 dev_fraction: float = 0.0) -> list[Sample]:
+    """All (image, ground truth) samples of ``split`` (``train``/``dev``/``val``/``all``) under ``root``, in a
+    stable order. ``dev`` is held back from the training part for model selection: the last ``dev_sequences``
+    DAVIS training sequences, or ``dev_fraction`` of the other layouts' training names (the refiner's dev)."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data root: {root} is not a directory")
@@ -64,7 +73,7 @@ def find_samples(root: str | Path, split: str = "train", *, sequences: Sequence[
         raise ValueError(f"frame_step: expected an integer >= 1, got {frame_step!r}")
     layout = detect_layout(root)
     if layout == "davis":
-        return _davis_samples(root, split, sequences, val_sequences, frame_step)
+        return _davis_samples(root, split, sequences, val_sequences, frame_step, dev_sequences)
     if layout == "pairs":
         samples = [s for s in datasets.find_original(root).samples if s.image is not None and s.gt is not None]
     else:
@@ -72,7 +81,8 @@ def find_samples(root: str | Path, split: str = "train", *, sequences: Sequence[
     if split == "all":
         return samples
     train, val = datasets.split_by_name(samples, val_fraction)
-    return list(val if split == "val" else train)
+    train, dev = datasets.split_by_name(train, dev_fraction, DEV_SEED) if dev_fraction > 0 else (train, [])
+    return list({"train": train, "dev": dev, "val": val}[split])
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -101,11 +111,18 @@ class SegmentationDataset(Dataset):
     """Augmented, normalised training crops: ``(3xSxS float32 image, SxS int64 labels)`` for S = crop."""
 
     def __init__(self, samples: Sequence[Sample], crop_size: int, base_size: int, mask_mode: str = "binary",
-                 augment: SegAugmentConfig | None = None) -> None:
+                 augment: SegAugmentConfig | None = None, composite_prob: float = 0.0,
+                 backgrounds: Sequence[np.ndarray] = ()) -> None:
         if not samples:
             raise ValueError("samples: the training set is empty")
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode: expected one of {MASK_MODES}, got {mask_mode!r}")
+        if not 0.0 <= composite_prob <= 1.0:
+            raise ValueError(f"composite_prob: expected a probability in [0, 1], got {composite_prob}")
+        if composite_prob and mask_mode != "binary":
+            raise ValueError("composite_prob: copy-paste compositing needs mask_mode='binary'")
+        self.composite_prob = composite_prob
+        self.backgrounds = list(backgrounds)  # object-free photos (label 0 everywhere)
         self.samples = list(samples)
         self.crop_size = crop_size
         self.base_size = base_size
@@ -115,11 +132,24 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
-        image = load_image(sample.image)
-        mask = load_mask(sample.gt, self.mask_mode, sample.image)
+        return load_image(sample.image), load_mask(sample.gt, self.mask_mode, sample.image)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, mask = self._load(index)
         # torch's RNG is seeded per DataLoader worker (and by the loader's generator), so draws differ per worker.
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        if self.composite_prob and rng.random() < self.composite_prob:
+            # onto a background photo (half the time, when there are any) or another training image with its labels
+            if self.backgrounds and (len(self.samples) < 2 or rng.random() < 0.5):
+                bg = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+                bg_mask = np.zeros(bg.shape[:2], np.uint8)
+            else:
+                other = (index + 1 + int(rng.integers(max(1, len(self.samples) - 1)))) % len(self.samples)
+                bg, bg_mask = self._load(other)
+            pasted = composite_pair(image, mask, bg, bg_mask, rng)
+            if pasted is not None:
+                image, mask = pasted
         image, mask = augment_pair(image, mask, rng, self.crop_size, self.base_size, self.augment)
         return normalize(image), torch.from_numpy(mask.astype(np.int64))

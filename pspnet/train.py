@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cascadepsp import runfiles
+from cascadepsp.data import load_backgrounds
 from cascadepsp.imageio import write_atomic
 from cascadepsp.pretrained import SOURCES as PRETRAINED_SOURCES
 from cascadepsp.weights import resolve_device
@@ -34,8 +35,8 @@ from .model import PSPNet
 from .weights import save
 
 CHECKPOINT_NAME = runfiles.CKPT_NAME
-RESUME_MUST_MATCH = ("seed", "batch_size", "crop_size", "base_size", "mask_mode")  # data order and shapes
-RESUME_SHOULD_MATCH = ("iters", "lr", "data", "augment")
+RESUME_MUST_MATCH = ("seed", "batch_size", "crop_size", "base_size", "mask_mode", "dev_sequences", "dev_fraction")  # data order and shapes
+RESUME_SHOULD_MATCH = ("iters", "lr", "data", "augment", "composite_prob", "backgrounds")
 LEGACY_CHECKPOINT_NAME = "last.pt"  # runs started before the trainers shared their file names still resume
 LOG_COLUMNS = ("step", "lr", "loss", "main", "aux", "time_s", "val_miou", "val_pixel_acc", "val_images")
 
@@ -78,6 +79,14 @@ class PSPNetTrainConfig:
     sequences: tuple[str, ...] | None = None
     val_sequences: int = 3
     val_fraction: float = 0.2
+    # A part held back from the training split for model selection (the refiner trainer's dev: DAVIS's last
+    # 3 training sequences, 10 % of the other layouts' training names); validation during training reads it,
+    # the validation split is read with validate_on="val" (once, for the final weights).
+    dev_sequences: int = 3
+    dev_fraction: float = 0.1
+    validate_on: str = "dev"
+    composite_prob: float = 0.0  # copy-paste a training object onto a background photo or another training image
+    backgrounds: str | None = None  # folder of object-free photos for compositing
     resume: bool = True
     progress: bool = True
     augment: SegAugmentConfig = field(default_factory=SegAugmentConfig)
@@ -94,6 +103,8 @@ class PSPNetTrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if self.validate_on not in ("dev", "val"):
+            raise ValueError(f"validate_on: expected 'dev' or 'val', got {self.validate_on!r}")
         if isinstance(self.augment, dict):
             aug = dict(self.augment)
             aug["scale"] = tuple(aug.get("scale", SegAugmentConfig.scale))
@@ -253,7 +264,8 @@ def collect_samples(cfg: PSPNetTrainConfig, split: str) -> list[Sample]:
     samples: list[Sample] = []
     for root in cfg.data:
         samples += find_samples(root, split, sequences=cfg.sequences, val_sequences=cfg.val_sequences,
-                                val_fraction=cfg.val_fraction, frame_step=cfg.frame_step)
+                                val_fraction=cfg.val_fraction, frame_step=cfg.frame_step,
+                                dev_sequences=cfg.dev_sequences, dev_fraction=cfg.dev_fraction)
     return samples
 
 
@@ -277,8 +289,10 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     train_samples = collect_samples(cfg, "train")
-    val_samples = collect_samples(cfg, "val")
-    dataset = SegmentationDataset(train_samples, cfg.crop_size, cfg.base_size, cfg.mask_mode, cfg.augment)
+    val_samples = collect_samples(cfg, cfg.validate_on)
+    backgrounds = load_backgrounds(cfg.backgrounds) if cfg.backgrounds else []
+    dataset = SegmentationDataset(train_samples, cfg.crop_size, cfg.base_size, cfg.mask_mode, cfg.augment,
+                                  cfg.composite_prob, backgrounds)
 
     model = PSPNet(config=cfg.model_config())
     if cfg.init:
@@ -366,6 +380,7 @@ def _weights_meta(cfg: PSPNetTrainConfig, step: int, val: dict[str, Any] | None)
     meta: dict[str, Any] = {"step": step, "iters": cfg.iters, "data": list(cfg.data), "mask_mode": cfg.mask_mode,
                             "trainer": "pspnet.train"}
     if val is not None:
+        meta["validated_on"] = cfg.validate_on
         meta["val_miou"] = val["miou"]
         meta["val_images"] = val["images"]
     return meta

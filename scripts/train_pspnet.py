@@ -44,6 +44,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop (with a checkpoint) at this step; the poly schedule still spans --iters")
     p.add_argument("--frame-step", type=int, default=1, help="use every n-th DAVIS frame")
     p.add_argument("--sequences", nargs="*", default=None, help="restrict DAVIS to these sequences")
+    p.add_argument("--backgrounds", help="folder of object-free photos for copy-paste compositing")
+    p.add_argument("--composite-prob", type=float, default=0.0,
+                   help="chance to paste the training object onto a background photo or another training image")
+    p.add_argument("--dev-sequences", type=int, default=3,
+                   help="DAVIS training sequences held back as the dev set (the last ones in sorted order)")
+    p.add_argument("--dev-fraction", type=float, default=0.1,
+                   help="share of the other layouts' training images held back as the dev set")
+    p.add_argument("--validate-on", choices=("dev", "val"), default="dev",
+                   help="split read by validation during training (read val once, for the final weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -65,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                       checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
                       stop_at_step=args.stop_at_step,
                       frame_step=args.frame_step, sequences=tuple(args.sequences) if args.sequences else None,
+                      backgrounds=args.backgrounds, composite_prob=args.composite_prob,
+                      dev_sequences=args.dev_sequences, dev_fraction=args.dev_fraction, validate_on=args.validate_on,
                       seed=args.seed, device=args.device, resume=not args.no_resume, amp=not args.no_amp)
     result = train(cfg)
     state = "stopped early" if result.stopped_early else "finished"

@@ -10,7 +10,15 @@ from synthetic_data import write_shapes_dataset
 
 import pspnet
 from cascadepsp.runfiles import read_log
-from pspnet.augment import IGNORE_INDEX, MEAN_PIXEL, SegAugmentConfig, augment_pair, normalize, rotate_pair
+from pspnet.augment import (
+    IGNORE_INDEX,
+    MEAN_PIXEL,
+    SegAugmentConfig,
+    augment_pair,
+    composite_pair,
+    normalize,
+    rotate_pair,
+)
 from pspnet.data import SegmentationDataset, find_samples, load_mask
 from pspnet.train import (
     PSPNetTrainConfig,
@@ -123,6 +131,69 @@ def test_find_samples_pairs_split_matches_the_refiners_split(tmp_path):
         find_samples(tmp_path / "empty")
     with pytest.raises(ValueError, match="split"):
         find_samples(tmp_path / "pairs", "test")
+
+
+def test_dev_split_is_held_back_from_training_and_is_the_refiners_dev(tmp_path):
+    from cascadepsp.train import TrainConfig, build_data
+
+    write_shapes_dataset(tmp_path / "davis", count=16, size=(20, 24), layout="davis", sequences=8)
+    parts = {k: find_samples(tmp_path / "davis", k, dev_sequences=3) for k in ("train", "dev", "val")}
+    assert [sorted({s.group for s in parts[k]}) for k in ("train", "dev", "val")] == [
+        ["seq0", "seq1"], ["seq2", "seq3", "seq4"], ["seq5", "seq6", "seq7"]]
+    assert find_samples(tmp_path / "davis", "dev") == []  # no dev part unless asked for
+    with pytest.raises(ValueError, match="dev_sequences"):
+        find_samples(tmp_path / "davis", "train", dev_sequences=2, val_sequences=6)
+    write_shapes_dataset(tmp_path / "pairs", count=40, size=(16, 16))
+    dev = find_samples(tmp_path / "pairs", "dev", dev_fraction=0.1)
+    train_s = find_samples(tmp_path / "pairs", "train", dev_fraction=0.1)
+    assert len(dev) == 3 and len(train_s) == 29 and not {s.name for s in dev} & {s.name for s in train_s}
+    # the refiner trainer holds back the same images, so neither model selects on the other's training data
+    refiner = build_data(TrainConfig(human_seg=str(tmp_path / "pairs"), human_seg_repeat=1, val_max_items=None,
+                                     val_crop_batches=0))
+    assert {ex.name for ex in refiner.val_examples["human_seg"]} == {s.name for s in dev}
+
+
+def test_composite_pair_pastes_the_object_and_keeps_the_backgrounds_foreground():
+    h, w = 60, 80
+    image = np.zeros((h, w, 3), np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[20:40, 30:50] = 1
+    image[mask == 1] = (250, 10, 10)
+    background = np.full((h, w, 3), (10, 10, 250), np.uint8)
+    bg_mask = np.zeros((h, w), np.uint8)
+    bg_mask[:, :30] = 1  # a (green) object already in the background picture
+    background[:, :30] = (10, 250, 10)
+    seen = 0
+    for seed in range(8):
+        out = composite_pair(image, mask, background, bg_mask, np.random.default_rng(seed))
+        if out is None:
+            continue
+        comp, label = out
+        assert comp.shape == (h, w, 3) and label.shape == (h, w) and set(np.unique(label)) <= {0, 1}
+        red = (comp[..., 0] > 150) & (comp[..., 1] < 80) & (comp[..., 2] < 80)  # the pasted object
+        green = (comp[..., 1] > 200) & (comp[..., 0] < 60)  # the background's own object, label moved with it
+        blue = (comp[..., 2] > 200) & (comp[..., 0] < 60)
+        assert red.sum() > 30 and label[red].all() and label[green].all() and not label[blue].any()
+        seen += 1
+    assert seen >= 4
+    assert composite_pair(image, np.zeros_like(mask), background, bg_mask, np.random.default_rng(0)) is None
+    with pytest.raises(ValueError, match="match"):
+        composite_pair(image, mask[:10], background, bg_mask, np.random.default_rng(0))
+
+
+def test_dataset_compositing_serves_valid_crops_and_needs_binary_masks(tmp_path):
+    root = write_shapes_dataset(tmp_path / "d", count=4, size=(40, 48))
+    samples = find_samples(root, "all")
+    bgs = [np.full((100, 120, 3), 90, np.uint8)]
+    ds = SegmentationDataset(samples, crop_size=32, base_size=40, composite_prob=1.0, backgrounds=bgs)
+    torch.manual_seed(0)
+    for i in range(8):
+        x, y = ds[i % 4]
+        assert x.shape == (3, 32, 32) and set(torch.unique(y).tolist()) <= {0, 1, IGNORE_INDEX}
+    with pytest.raises(ValueError, match="binary"):
+        SegmentationDataset(samples, 32, 40, mask_mode="labels", composite_prob=0.5)
+    with pytest.raises(ValueError, match="composite_prob"):
+        SegmentationDataset(samples, 32, 40, composite_prob=1.5)
 
 
 def test_find_samples_images_masks_folders(tmp_path):
