@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 
@@ -116,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip images whose outputs already exist and decode (default: on)")
     r.add_argument("--limit", type=_positive, help="process only the first N images (sorted by name)")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on a Ray Data actor pool: a local Ray instance, or the cluster at ADDRESS "
+                        "('auto', 'ray://head:10001'); inputs and --out must be on storage every node sees")
+    r.add_argument("--ray-actors", type=_positive, help="actors (default: one per GPU, else CPUs / 2)")
+    r.add_argument("--ray-cpus-per-actor", type=float, help="CPUs (and torch threads) per actor (default: 2, "
+                   "1 with GPUs)")
+    r.add_argument("--ray-gpus-per-actor", type=float, help="GPUs per actor (default: 1 when the cluster has GPUs)")
     r.add_argument("-v", "--verbose", action="store_true", help="also log informational messages")
 
     i = sub.add_parser("info", help="show the version, named weights and devices")
@@ -148,6 +156,8 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     find_jobs(args.inputs, args.out, args.gt)  # inputs and output folder first: before the weights are loaded
+    if args.ray is not None:
+        return _cmd_refine_ray(args)
     if args.threads:
         import torch
 
@@ -166,6 +176,11 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         print(f"interrupted after {len(seen)} images: done {seen.count('done')}, skipped {seen.count('skipped')}, "
               f"failed {seen.count('failed')}", file=sys.stderr)
         raise
+    return _print_summary(summary, args)
+
+
+def _print_summary(summary: Any, args: argparse.Namespace) -> int:
+    """The summary line, notes and failures of a folder run; the exit code."""
     print(summary.line())
     no_fg = [row.name for row in summary.rows if "use --labels" in row.note]
     if no_fg:
@@ -179,6 +194,30 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     if args.report:
         print(f"report: {args.report}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _cmd_refine_ray(args: argparse.Namespace) -> int:
+    from .distributed import refine_dataset
+
+    if args.threads:
+        raise SystemExit("error: --threads does not apply with --ray; use --ray-cpus-per-actor")
+    if args.device:
+        raise SystemExit("error: --device does not apply with --ray; actors use GPUs when the cluster has them "
+                         "(--ray-gpus-per-actor)")
+    seen: list[str] = []
+    try:
+        summary = refine_dataset(
+            args.inputs, args.out, address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
+            cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor, weights=args.weights,
+            engine=args.engine, batch_size=args.batch_size, precision=args.precision, backend=args.backend,
+            gt=args.gt, fast=args.fast, L=args.L, threshold=args.threshold, labels=args.labels,
+            overlay=args.overlay, resume=args.resume, limit=args.limit, report=args.report,
+            progress=args.progress, on_row=lambda r: seen.append(r.status))
+    except KeyboardInterrupt:
+        print(f"interrupted after {len(seen)} images: done {seen.count('done')}, skipped {seen.count('skipped')}, "
+              f"failed {seen.count('failed')}", file=sys.stderr)
+        raise
+    return _print_summary(summary, args)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

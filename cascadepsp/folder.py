@@ -365,17 +365,30 @@ def _free_accelerator_memory(e: BaseException) -> None:
 
 # ---------------------------------------------------------------------------------------------------- run
 
-def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = None,
-                  device: str | None = None, weights: Any = None, gt: PathLike | None = None,
-                  fast: bool = False, L: int = 900, threshold: float | None = None, labels: bool = False,
-                  overlay: bool = False, resume: bool = True, limit: int | None = None,
-                  report: PathLike | None = None, progress: bool = True,
-                  on_row: Callable[[Row], None] | None = None) -> Summary:
-    """Refine every job found in ``inputs`` (see :func:`find_jobs`), writing into ``out``.
+@dataclass
+class RunPlan:
+    """A checked folder run before any refinement: its jobs, options and the guard of its input folders."""
 
-    ``refiner``: an object with ``refine``/``refine_probability`` (a :class:`~cascadepsp.Refiner`); when
-    ``None`` one is built from ``device`` and ``weights``. Failures are logged and counted, never raised;
-    a ``KeyboardInterrupt`` stops the run after writing the report of what was finished.
+    pairing: Pairing
+    jobs: list[Job]
+    opts: Options
+    guard: _Guard
+    out: Path
+    report: PathLike | None
+    labels: bool
+
+    @property
+    def with_gt(self) -> bool:
+        return any(j.sample.gt is not None for j in self.jobs)
+
+
+def plan_run(inputs: Sequence[PathLike], out: PathLike, *, gt: PathLike | None = None, fast: bool = False,
+             L: int = 900, threshold: float | None = None, labels: bool = False, overlay: bool = False,
+             resume: bool = True, limit: int | None = None, report: PathLike | None = None) -> RunPlan:
+    """Check the options and folders, pair the inputs and prepare ``out`` (stale temporary files removed).
+
+    Shared by :func:`refine_folder` and :func:`cascadepsp.distributed.refine_dataset`, so both find, name and
+    guard the same files.
     """
     if threshold is not None and labels:
         raise ValueError("threshold: not used with labels (a refined label map is always hard)")
@@ -394,20 +407,69 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
         for d in guard.input_dirs:
             if datasets.inside(report_r, d):
                 raise ValueError(f"report: {report} lies inside the input folder {d}")
-    if refiner is None:
-        refiner = Refiner(device=device, weights=weights)
-    check_L_fits(L, getattr(refiner, "device", None))
     jobs = pairing.jobs[:limit] if limit is not None else pairing.jobs
     want_metrics = report is not None or any(j.sample.gt is not None for j in jobs)
     opts = Options(fast=fast, L=L, threshold=threshold, labels=labels, overlay=overlay, resume=resume,
                    metrics=want_metrics)
     out_r.mkdir(parents=True, exist_ok=True)
-    for stale in imageio.remove_stale_temps(out_r):
-        LOG.info("removed a temporary file left by an interrupted run: %s", stale)
+    clean_temps(out_r)
     if pairing.orphans:
         LOG.warning("%d mask(s) have no image and are ignored, e.g. %s", len(pairing.orphans),
                     ", ".join(pairing.orphans[:5]))
-    acc = {"coarse": SegMetrics(), "refined": SegMetrics()}
+    return RunPlan(pairing, jobs, opts, guard, out_r, report, labels)
+
+
+def clean_temps(out: Path) -> None:
+    """Remove temporary files that writers which are no longer running left in ``out``."""
+    for stale in imageio.remove_stale_temps(out):
+        LOG.info("removed a temporary file left by an interrupted run: %s", stale)
+
+
+def new_accumulators() -> dict[str, SegMetrics]:
+    return {"coarse": SegMetrics(), "refined": SegMetrics()}
+
+
+def finish_run(plan: RunPlan, rows: list[Row], acc: dict[str, SegMetrics], seconds: float, interrupted: bool,
+               finished: bool) -> Summary:
+    """The run's summary, and its report when one was asked for (a failed report write is raised only when
+    the run itself finished; otherwise it is logged so the original error stays visible)."""
+    summary = Summary(rows, seconds, plan.pairing.orphans, interrupted)
+    if acc["coarse"].ious:
+        summary.metrics = {k: {**v.summary(), "objects": plan.labels} for k, v in acc.items()}
+    if plan.report is not None:
+        try:
+            write_report(plan.report, summary, with_gt=plan.with_gt)
+        except Exception as e:
+            if finished:
+                raise
+            LOG.error("could not write the report %s: %s", plan.report, e)
+    return summary
+
+
+def log_failure(row: Row, job: Job) -> None:
+    if row.status == "failed":
+        LOG.warning("%s: %s [%s]", row.name, row.error, job.sample.image or job.sample.mask)
+
+
+def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = None,
+                  device: str | None = None, weights: Any = None, gt: PathLike | None = None,
+                  fast: bool = False, L: int = 900, threshold: float | None = None, labels: bool = False,
+                  overlay: bool = False, resume: bool = True, limit: int | None = None,
+                  report: PathLike | None = None, progress: bool = True,
+                  on_row: Callable[[Row], None] | None = None) -> Summary:
+    """Refine every job found in ``inputs`` (see :func:`find_jobs`), writing into ``out``.
+
+    ``refiner``: an object with ``refine``/``refine_probability`` (a :class:`~cascadepsp.Refiner`); when
+    ``None`` one is built from ``device`` and ``weights``. Failures are logged and counted, never raised;
+    a ``KeyboardInterrupt`` stops the run after writing the report of what was finished.
+    """
+    plan = plan_run(inputs, out, gt=gt, fast=fast, L=L, threshold=threshold, labels=labels, overlay=overlay,
+                    resume=resume, limit=limit, report=report)
+    if refiner is None:
+        refiner = Refiner(device=device, weights=weights)
+    check_L_fits(plan.opts.L, getattr(refiner, "device", None))
+    jobs, opts = plan.jobs, plan.opts
+    acc = new_accumulators()
     rows: list[Row] = []
     counts = {"done": 0, "skipped": 0, "failed": 0}
     t0 = time.perf_counter()
@@ -419,10 +481,9 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
         for i, job in enumerate(jobs):
             current, ahead = ahead, _prefetch(pool, jobs[i + 1], opts) if i + 1 < len(jobs) else None
             pre = _result(current) if current is not None else None
-            row = process_job(job, refiner, opts, guard, acc, pre)
+            row = process_job(job, refiner, opts, plan.guard, acc, pre)
             rows.append(row)
-            if row.status == "failed":
-                LOG.warning("%s: %s [%s]", row.name, row.error, job.sample.image or job.sample.mask)
+            log_failure(row, job)
             if on_row is not None:
                 on_row(row)
             counts[row.status] += 1
@@ -435,16 +496,7 @@ def refine_folder(inputs: Sequence[PathLike], out: PathLike, *, refiner: Any = N
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
-        summary = Summary(rows, time.perf_counter() - t0, pairing.orphans, interrupted)
-        if acc["coarse"].ious:
-            summary.metrics = {k: {**v.summary(), "objects": labels} for k, v in acc.items()}
-        if report is not None:
-            try:
-                write_report(report, summary, with_gt=any(j.sample.gt is not None for j in jobs))
-            except Exception as e:
-                if finished:
-                    raise
-                LOG.error("could not write the report %s: %s", report, e)  # keep the original error
+        summary = finish_run(plan, rows, acc, time.perf_counter() - t0, interrupted, finished)
     return summary
 
 
