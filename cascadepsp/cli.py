@@ -200,9 +200,9 @@ def _cmd_refine_ray(args: argparse.Namespace) -> int:
     from .distributed import refine_dataset
 
     if args.threads:
-        raise SystemExit("error: --threads does not apply with --ray; use --ray-cpus-per-actor")
+        raise ValueError("--threads does not apply with --ray; use --ray-cpus-per-actor")
     if args.device:
-        raise SystemExit("error: --device does not apply with --ray; actors use GPUs when the cluster has them "
+        raise ValueError("--device does not apply with --ray; actors use GPUs when the cluster has them "
                          "(--ray-gpus-per-actor)")
     seen: list[str] = []
     try:
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished outputs are complete, rerun the same command to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError, ImportError) as e:
         print(f"cascadepsp {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -178,9 +178,9 @@ def refine_dataset(inputs: Sequence[PathLike], out: PathLike, *, address: str | 
     """
     if retries < 0:
         raise ValueError(f"retries: expected >= 0, got {retries}")
+    ray = _require_ray()  # before plan_run creates the output folder
     plan = plan_run(inputs, out, gt=gt, fast=fast, L=L, threshold=threshold, labels=labels, overlay=overlay,
                     resume=resume, limit=limit, report=report)
-    ray = _require_ray()
     started = connect(address)
     try:
         spec = plan_actors(ray.cluster_resources(), actors, cpus_per_actor, gpus_per_actor)

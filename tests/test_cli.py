@@ -72,6 +72,12 @@ def test_refine_command_usage_errors_exit_2(tmp_path, weights, capsys):
     assert rc == 2 and "threshold: not used with labels" in capsys.readouterr().err
     rc = main(["refine", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--weights", str(tmp_path / "no.pt")])
     assert rc == 2 and "no such file" in capsys.readouterr().err
+    rc = main(["refine", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--ray", "--threads", "2"])
+    assert rc == 2 and "--threads does not apply with --ray" in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as mp:  # Ray not installed: one line naming the extra
+        mp.setitem(sys.modules, "ray", None)
+        rc = main(["refine", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--ray"])
+    assert rc == 2 and "pip install 'cascadepsp[ray]'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["refine", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--threshold", "1.5"])
     assert e.value.code == 2
