@@ -13,6 +13,7 @@ import torch
 from test_folder import no_temp_files, original_layout, read_csv, tree_hash
 
 from cascadepsp import Refiner, imageio
+from cascadepsp.cli import main
 from cascadepsp.distributed import ActorSpec, plan_actors, refine_dataset
 from cascadepsp.folder import refine_folder
 
@@ -63,31 +64,37 @@ class CrashOnce:
         return self.inner.refine(*args, **kwargs)
 
 
-def test_ray_run_matches_the_plain_run_byte_for_byte(local_ray, folder_with_a_bad_image, tmp_path):
+def test_ray_run_matches_the_plain_run_byte_for_byte(local_ray, folder_with_a_bad_image, tmp_path, capsys):
     src = folder_with_a_bad_image
     n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the actors below run 1 thread each: same arithmetic, same bytes
+    try:  # the command lines as a user types them; 1 thread in the plain run = 1 CPU per actor: same bytes
+        rc_plain = main(["refine", str(src), "--out", str(tmp_path / "plain"), "--report", str(tmp_path / "plain.csv"),
+                         "--threads", "1", "--no-progress"])
+    finally:
+        torch.set_num_threads(n)
+    rc_ray = main(["refine", str(src), "--out", str(tmp_path / "ray"), "--report", str(tmp_path / "ray.csv"),
+                   "--ray", "--ray-actors", "2", "--ray-cpus-per-actor", "1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc_plain == rc_ray == 1 and out.count("done 4, skipped 0, failed 1 of 5") == 2
+    assert tree_hash(tmp_path / "plain") == tree_hash(tmp_path / "ray") and len(tree_hash(tmp_path / "ray")) == 4
+    ray_rows = rows_without_timing(tmp_path / "ray.csv")
+    for r in ray_rows:
+        r["output"] = r["output"].replace("/ray/", "/plain/")
+    assert ray_rows == rows_without_timing(tmp_path / "plain.csv") and len(ray_rows) == 5
+    [bad] = [r for r in ray_rows if r["status"] == "failed"]
+    assert bad["name"] == "broken" and bad["error"]
+    # the Python API: the same dataset-level scores as the plain run, to the last bit
+    torch.set_num_threads(1)
     try:
-        plain = refine_folder([src], tmp_path / "plain", refiner=Refiner(device="cpu"), report=tmp_path / "plain.csv",
+        plain = refine_folder([src], tmp_path / "plain2", refiner=Refiner(device="cpu"), report=tmp_path / "p2.csv",
                               progress=False)
     finally:
         torch.set_num_threads(n)
-    dist = refine_dataset([src], tmp_path / "ray", actors=2, cpus_per_actor=1, report=tmp_path / "ray.csv",
+    dist = refine_dataset([src], tmp_path / "ray2", actors=2, cpus_per_actor=1, report=tmp_path / "r2.csv",
                           progress=False)
-    assert (plain.count("done"), plain.count("failed")) == (dist.count("done"), dist.count("failed")) == (4, 1)
-    assert tree_hash(tmp_path / "plain") == tree_hash(tmp_path / "ray") and len(tree_hash(tmp_path / "ray")) == 4
-    ray_rows = rows_without_timing(tmp_path / "ray.csv")
-    assert [r["output"].replace("/ray/", "/plain/") for r in ray_rows] == [r["output"] for r in
-                                                                         rows_without_timing(tmp_path / "plain.csv")]
-    for r in ray_rows:
-        r["output"] = r["output"].replace("/ray/", "/plain/")
-    assert ray_rows == rows_without_timing(tmp_path / "plain.csv")
-    [bad] = [r for r in ray_rows if r["status"] == "failed"]
-    assert bad["name"] == "broken" and bad["error"]
-    assert dist.metrics == plain.metrics
-    # resume: a second run skips everything and reports the same scores
-    again = refine_dataset([src], tmp_path / "ray", actors=1, cpus_per_actor=1, progress=False)
-    assert again.count("skipped") == 4 and again.count("failed") == 1
+    assert dist.count("done") == 4 and dist.metrics == plain.metrics and dist.metrics["refined"]["n_images"] == 4
+    resumed = refine_dataset([src], tmp_path / "ray", actors=1, cpus_per_actor=1, progress=False)
+    assert resumed.count("skipped") == 4 and resumed.count("failed") == 1
 
 
 def test_a_killed_actor_is_restarted_and_its_job_retried(local_ray, tmp_path):
