@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
@@ -166,21 +166,22 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, batch_size=args.batch_size,
                       precision=args.precision, backend=args.backend)
+    return _run_folder(args, lambda on_row: refine_folder(
+        args.inputs, args.out, refiner=refiner, gt=args.gt, fast=args.fast,
+        L=args.L, threshold=args.threshold, labels=args.labels, overlay=args.overlay, resume=args.resume,
+        limit=args.limit, report=args.report, progress=args.progress, on_row=on_row))
+
+
+def _run_folder(args: argparse.Namespace, run: Callable[[Callable[[Any], None]], Any]) -> int:
+    """Run a folder refinement (``run(on_row)``), count its rows for the interrupt message, print its summary,
+    notes and failures; the exit code."""
     seen: list[str] = []
     try:
-        summary = refine_folder(
-            args.inputs, args.out, refiner=refiner, gt=args.gt, fast=args.fast,
-            L=args.L, threshold=args.threshold, labels=args.labels, overlay=args.overlay, resume=args.resume,
-            limit=args.limit, report=args.report, progress=args.progress, on_row=lambda r: seen.append(r.status))
+        summary = run(lambda row: seen.append(row.status))
     except KeyboardInterrupt:
         print(f"interrupted after {len(seen)} images: done {seen.count('done')}, skipped {seen.count('skipped')}, "
               f"failed {seen.count('failed')}", file=sys.stderr)
         raise
-    return _print_summary(summary, args)
-
-
-def _print_summary(summary: Any, args: argparse.Namespace) -> int:
-    """The summary line, notes and failures of a folder run; the exit code."""
     print(summary.line())
     no_fg = [row.name for row in summary.rows if "use --labels" in row.note]
     if no_fg:
@@ -204,20 +205,13 @@ def _cmd_refine_ray(args: argparse.Namespace) -> int:
     if args.device:
         raise ValueError("--device does not apply with --ray; actors use GPUs when the cluster has them "
                          "(--ray-gpus-per-actor)")
-    seen: list[str] = []
-    try:
-        summary = refine_dataset(
-            args.inputs, args.out, address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
-            cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor, weights=args.weights,
-            engine=args.engine, batch_size=args.batch_size, precision=args.precision, backend=args.backend,
-            gt=args.gt, fast=args.fast, L=args.L, threshold=args.threshold, labels=args.labels,
-            overlay=args.overlay, resume=args.resume, limit=args.limit, report=args.report,
-            progress=args.progress, on_row=lambda r: seen.append(r.status))
-    except KeyboardInterrupt:
-        print(f"interrupted after {len(seen)} images: done {seen.count('done')}, skipped {seen.count('skipped')}, "
-              f"failed {seen.count('failed')}", file=sys.stderr)
-        raise
-    return _print_summary(summary, args)
+    return _run_folder(args, lambda on_row: refine_dataset(
+        args.inputs, args.out, address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
+        cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor, weights=args.weights,
+        engine=args.engine, batch_size=args.batch_size, precision=args.precision, backend=args.backend,
+        gt=args.gt, fast=args.fast, L=args.L, threshold=args.threshold, labels=args.labels,
+        overlay=args.overlay, resume=args.resume, limit=args.limit, report=args.report,
+        progress=args.progress, on_row=on_row))
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -266,6 +266,17 @@ def split_sequences(seqs: Sequence[str], val_sequences: Sequence[str] | None = N
     return [s for s in seqs if s not in val], list(val)
 
 
+def split_dev_sequences(train: Sequence[str], n_dev: int, what: str = "n_dev", where: str = ""
+                        ) -> tuple[list[str], list[str]]:
+    """(train, dev): the last ``n_dev`` training sequences held back for model selection (both trainers' rule)."""
+    train = list(train)
+    if n_dev <= 0:
+        return train, []
+    if n_dev >= len(train):
+        raise ValueError(f"{what}: {n_dev} leaves no DAVIS training sequence{where}")
+    return train[:-n_dev], train[-n_dev:]
+
+
 def split_davis(root: PathLike, val_sequences: Sequence[str] | None = None, n_val: int = 3
                 ) -> tuple[list[str], list[str]]:
     """(train, val) DAVIS sequence names: ``val_sequences`` if given, else the last ``n_val`` in sorted order."""

@@ -29,10 +29,12 @@ from .folder import (
     Options,
     PathLike,
     Row,
+    RunPlan,
     Summary,
     _Guard,
     clean_temps,
     finish_run,
+    job_row,
     log_failure,
     new_accumulators,
     plan_run,
@@ -142,21 +144,12 @@ class RefineActor:
             row = process_job(_job_from_record(record), self.refiner, self.opts, self.guard, acc)
             out["index"].append(int(record["index"]))
             out["row"].append(json.dumps(dataclasses.asdict(row)))
-            out["metrics"].append(json.dumps({k: {"inter": m.total_inter, "union": m.total_union, "ious": m.ious,
-                                                  "bas": m.bas} for k, m in acc.items()}))
+            out["metrics"].append(json.dumps({k: m.state() for k, m in acc.items()}))
         return out
 
 
 def _scalar(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
-
-
-def _merge(acc: dict[str, Any], parts: dict[str, dict[str, Any]]) -> None:
-    for k, p in parts.items():
-        acc[k].total_inter += p["inter"]
-        acc[k].total_union += p["union"]
-        acc[k].ious += p["ious"]
-        acc[k].bas += p["bas"]  # NaN (no boundary) survives json as NaN
 
 
 def refine_dataset(inputs: Sequence[PathLike], out: PathLike, *, address: str | None = None,
@@ -192,7 +185,7 @@ def refine_dataset(inputs: Sequence[PathLike], out: PathLike, *, address: str | 
             ray.shutdown()
 
 
-def _run(ray: Any, plan: Any, spec: ActorSpec, refiner_kwargs: dict[str, Any],
+def _run(ray: Any, plan: RunPlan, spec: ActorSpec, refiner_kwargs: dict[str, Any],
          factory: Callable[..., Any] | None, retries: int, progress: bool,
          on_row: Callable[[Row], None] | None) -> Summary:
     jobs = plan.jobs
@@ -229,9 +222,7 @@ def _run(ray: Any, plan: Any, spec: ActorSpec, refiner_kwargs: dict[str, Any],
                 bar.update(1)
         for i, job in enumerate(jobs):
             if i not in rows:  # its actor died on every try
-                rows[i] = Row(job.sample.name, image=_opt(job.sample.image), mask=_opt(job.sample.mask),
-                              output=str(job.output),
-                              error=f"worker process died on every one of {retries + 1} tries")
+                rows[i] = job_row(job, f"worker process died on every one of {retries + 1} tries")
                 log_failure(rows[i], job)
         finished = True
     except KeyboardInterrupt:
@@ -241,7 +232,8 @@ def _run(ray: Any, plan: Any, spec: ActorSpec, refiner_kwargs: dict[str, Any],
         bar.close()
         clean_temps(plan.out)  # temporary files of actors that were killed mid-write
         for i in sorted(metrics):  # in input order, so sums (and the summary) equal the plain run's exactly
-            _merge(acc, json.loads(metrics[i]))
+            for k, state in json.loads(metrics[i]).items():
+                acc[k].merge(state)
         ordered = [rows[i] for i in sorted(rows)]
         summary = finish_run(plan, ordered, acc, time.perf_counter() - t0, interrupted, finished)
     return summary

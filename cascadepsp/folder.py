@@ -305,10 +305,16 @@ def _is_complete(job: Job, opts: Options) -> bool:
     return not opts.overlay or imageio.is_valid_image(job.overlay)
 
 
+def job_row(job: Job, error: str = "") -> Row:
+    """A report row of ``job`` (status failed until the job succeeds)."""
+    return Row(job.sample.name, image=str(job.sample.image or ""), mask=str(job.sample.mask or ""),
+               output=str(job.output), error=error)
+
+
 def process_job(job: Job, refiner: Any, opts: Options, guard: _Guard, acc: dict[str, SegMetrics],
                  prefetched: JobInputs | BaseException | None = None) -> Row:
     """Refine one job (or skip it when its outputs are complete). Per-item errors end up in the row."""
-    row = Row(job.sample.name, image=str(job.sample.image or ""), mask=str(job.sample.mask or ""), output=str(job.output))
+    row = job_row(job)
     if job.sample.problem:
         row.error = job.sample.problem
         return row

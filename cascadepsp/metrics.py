@@ -115,6 +115,17 @@ class SegMetrics:
     def __len__(self) -> int:
         return len(self.ious)
 
+    def state(self) -> dict[str, Any]:
+        """The accumulated sums and per-image lists (JSON-able; NaN boundary scores stay NaN)."""
+        return {"inter": self.total_inter, "union": self.total_union, "ious": self.ious, "bas": self.bas}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add another accumulator's :meth:`state`, as if its images had been added here in order."""
+        self.total_inter += state["inter"]
+        self.total_union += state["union"]
+        self.ious += state["ious"]
+        self.bas += state["bas"]
+
     def summary(self) -> dict[str, float]:
         """Dataset IoU (total I / total U), mean per-image IoU, mBA over images with a GT boundary, counts."""
         bas = [b for b in self.bas if not math.isnan(b)]

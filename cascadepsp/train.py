@@ -27,7 +27,7 @@ from . import data as D
 from . import runfiles
 from .checkpoint import load_state_tolerant, load_weights
 from .config import PRESETS, RMConfig, get_config
-from .datasets import Sample, split_by_name, split_davis
+from .datasets import Sample, split_by_name, split_davis, split_dev_sequences
 from .inference import image_to_tensor, mask_to_tensor, refine_single_pass
 from .losses import LOSS_PARTS, LossWeights, refinement_loss
 from .metrics import SegMetrics
@@ -173,11 +173,7 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
                                 "val": len(hs_val), "repeat": cfg.human_seg_repeat}
     if cfg.davis:
         tr_seq, va_seq = split_davis(cfg.davis, cfg.davis_val_sequences, cfg.davis_n_val)
-        dev_seq: list[str] = []
-        if dev and cfg.davis_n_dev > 0:
-            if cfg.davis_n_dev >= len(tr_seq):
-                raise ValueError(f"davis_n_dev: {cfg.davis_n_dev} leaves no DAVIS training sequence")
-            tr_seq, dev_seq = tr_seq[:-cfg.davis_n_dev], tr_seq[-cfg.davis_n_dev:]
+        tr_seq, dev_seq = split_dev_sequences(tr_seq, cfg.davis_n_dev if dev else 0, "davis_n_dev")
         dv_train = D.list_davis(cfg.davis, tr_seq)
         train_items += _without_real_coarse(dv_train, "davis" not in cfg.real_coarse_sources)
         held = dev_seq if dev else va_seq

@@ -43,11 +43,9 @@ def _davis_samples(root: Path, split: str, sequences: Sequence[str] | None, val_
                    frame_step: int, dev_sequences: int) -> list[Sample]:
     all_seqs = datasets.davis_sequences(root, "Annotations")
     val = all_seqs[len(all_seqs) - val_sequences:] if val_sequences > 0 else []
-    train = [s for s in all_seqs if s not in val]
-    if dev_sequences and dev_sequences >= len(train):
-        raise ValueError(f"dev_sequences: {dev_sequences} leaves no DAVIS training sequence in {root}")
-    dev = train[len(train) - dev_sequences:] if dev_sequences > 0 else []
-    parts = {"train": [s for s in train if s not in dev], "dev": dev, "val": val, "all": all_seqs}
+    train, dev = datasets.split_dev_sequences([s for s in all_seqs if s not in val], dev_sequences, "dev_sequences",
+                                              f" in {root}")
+    parts = {"train": train, "dev": dev, "val": val, "all": all_seqs}
     chosen = parts[split]
     if sequences is not None:
         unknown = set(sequences) - set(all_seqs)

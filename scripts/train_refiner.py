@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from cascadepsp.config import PRESETS
-from cascadepsp.train import CKPT_NAME, TrainConfig, Trainer, config_replace
+from cascadepsp.train import CKPT_NAME, SOURCES, TrainConfig, Trainer, config_replace
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--real-coarse-prob", type=float, default=d.augment.real_coarse_prob,
                    help="chance to train on the source's real segmenter mask instead of a synthetic one")
     g.add_argument("--real-coarse-sources", nargs="+", default=list(d.real_coarse_sources),
-                   choices=("davis", "human_seg"), help="sources whose real masks may be used as coarse input")
+                   choices=SOURCES, help="sources whose real masks may be used as coarse input")
     g.add_argument("--davis-n-dev", type=int, default=d.davis_n_dev,
                    help="DAVIS training sequences held back as the dev set (the last ones in sorted order)")
     g.add_argument("--validate-on", choices=("dev", "val"), default=d.validate_on,
@@ -82,7 +82,8 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(
         preset=a.preset, residual=a.residual, pretrained=not a.no_pretrained, init=a.init,
         validate_on=a.validate_on, real_coarse_sources=tuple(a.real_coarse_sources), davis_n_dev=a.davis_n_dev,
-        boundary_weight=a.boundary_weight, boundary_radius=a.boundary_radius, human_seg=a.human_seg, davis=a.davis, backgrounds=a.backgrounds,
+        boundary_weight=a.boundary_weight, boundary_radius=a.boundary_radius, human_seg=a.human_seg, davis=a.davis,
+        backgrounds=a.backgrounds,
         davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat,
         max_side=a.max_side, batch_size=a.batch_size, iterations=a.iters, lr=a.lr, weight_decay=a.weight_decay,
         grad_clip=a.grad_clip, amp=not a.no_amp, seed=a.seed, device=a.device, num_workers=a.workers,
