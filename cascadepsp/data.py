@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from .datasets import Sample, find_davis, find_original, fit_size, read_rgb, read_soft_mask
 from .imageio import IMAGE_EXTS
 from .inference import IMAGENET_MEAN, IMAGENET_STD
-from .perturb import PerturbConfig, perturb_mask
+from .perturb import LowResConfig, PerturbConfig, lowres_mask, perturb_mask
 
 # ---------------------------------------------------------------------------------------------- sources
 
@@ -149,7 +149,9 @@ class AugmentConfig:
     feather_sigma: tuple[float, float] = (0.3, 1.0)
     real_coarse_prob: float = 0.2  # use the source's real coarse mask when present and not too wrong
     real_coarse_min_iou: float = 0.7
+    lowres_prob: float = 0.0  # synthetic coarse masks made by lowres_mask (else the original's perturbation)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    lowres: LowResConfig = field(default_factory=LowResConfig)
 
     def __post_init__(self) -> None:
         if self.crop_size < 8 or self.crop_size % 8:
@@ -158,7 +160,7 @@ class AugmentConfig:
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range: expected 0 < lo <= hi, got {self.scale_range}")
         for name in ("keep_uniform_prob", "hflip_prob", "grayscale_prob", "composite_prob",
-                     "background_photo_prob", "feather_prob", "real_coarse_prob"):
+                     "background_photo_prob", "feather_prob", "real_coarse_prob", "lowres_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {v}")
@@ -371,7 +373,11 @@ class RefineTrainDataset(Dataset):
         if real is not None and _mask_iou(real, gt) >= cfg.real_coarse_min_iou:
             coarse = np.where(real > 127, 255, 0).astype(np.uint8)
         if coarse is None:
-            coarse = perturb_mask(gt > 127, rng, cfg.perturb)
+            # rng is only drawn from when lowres_prob > 0, so runs without it keep their exact samples
+            if cfg.lowres_prob > 0 and rng.random() < cfg.lowres_prob:
+                coarse = lowres_mask(gt > 127, rng, cfg.lowres)
+            else:
+                coarse = perturb_mask(gt > 127, rng, cfg.perturb)
         return np.ascontiguousarray(image), np.ascontiguousarray(gt), coarse
 
 

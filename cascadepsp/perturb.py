@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["PerturbConfig", "degrade_polygons", "morph_perturb", "perturb_mask"]
+__all__ = ["LowResConfig", "PerturbConfig", "degrade_polygons", "lowres_mask", "morph_perturb", "perturb_mask"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,26 @@ class PerturbConfig:
             raise ValueError("max_rounds must be >= 0, rects_per_round >= 1 and min_vertices >= 1")
         if self.stop_reference not in ("polygon", "gt"):
             raise ValueError(f"stop_reference: expected 'polygon' or 'gt', got {self.stop_reference!r}")
+
+
+@dataclass(frozen=True)
+class LowResConfig:
+    """Knobs of :func:`lowres_mask`: how a segmenter that predicts at low resolution errs (e.g. U2-Netp at 320 px)."""
+
+    factor_range: tuple[float, float] = (1.5, 8.0)  # the segmenter sees the crop downscaled by this (log-uniform)
+    shift: float = 2.5  # largest smooth displacement of the boundary before downscaling, px
+    noise: float = 0.25  # amplitude of smooth noise on the low-resolution probabilities
+    threshold_range: tuple[float, float] = (0.35, 0.65)  # the upsampled probabilities are cut at U[lo, hi)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.factor_range
+        if not 1.0 <= lo <= hi:
+            raise ValueError(f"factor_range: expected 1 <= lo <= hi, got {self.factor_range!r}")
+        tlo, thi = self.threshold_range
+        if not 0.0 < tlo <= thi < 1.0:
+            raise ValueError(f"threshold_range: expected 0 < lo <= hi < 1, got {self.threshold_range!r}")
+        if self.shift < 0 or self.noise < 0:
+            raise ValueError(f"shift and noise must be >= 0, got {self.shift!r}, {self.noise!r}")
 
 
 def _as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -182,3 +202,40 @@ def perturb_mask(gt: np.ndarray, rng: np.random.Generator | int | None = None,
     poly = degrade_polygons(src, rng, config)
     reference = src if config.stop_reference == "gt" else None
     return morph_perturb(poly, target, rng, config, reference=reference)
+
+
+def _smooth_field(h: int, w: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """HxW float32 noise, Gaussian-smoothed with ``sigma`` px and scaled to a maximum magnitude of 1."""
+    field = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), sigma)
+    peak = float(np.abs(field).max())
+    return field / peak if peak > 0 else field
+
+
+def lowres_mask(gt: np.ndarray, rng: np.random.Generator | int | None = None,
+                config: LowResConfig = LowResConfig()) -> np.ndarray:
+    """A coarse mask as a low-resolution segmenter makes it: smooth boundaries a few px off, thin parts lost.
+
+    The GT is displaced by a smooth random field, area-downscaled by a random factor, given smooth noise,
+    upsampled bilinearly and cut at a random threshold (the original's polygon/morphology perturbation makes
+    jagged, large errors instead; real masks upsampled from e.g. 320 px look like this). Returns HxW uint8 0/255.
+    """
+    rng = _as_generator(rng)
+    src = _binarise(gt).astype(np.float32) / 255.0
+    h, w = src.shape
+    if h < 4 or w < 4:
+        return _binarise(gt)
+    if config.shift > 0:
+        sigma = max(h, w) / 8.0
+        dx = _smooth_field(h, w, sigma, rng) * float(rng.uniform(0, config.shift))
+        dy = _smooth_field(h, w, sigma, rng) * float(rng.uniform(0, config.shift))
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        src = cv2.remap(src, gx + dx, gy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    lo, hi = config.factor_range
+    factor = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    sh, sw = max(2, round(h / factor)), max(2, round(w / factor))
+    small = cv2.resize(src, (sw, sh), interpolation=cv2.INTER_AREA)
+    if config.noise > 0:
+        small = small + config.noise * _smooth_field(sh, sw, max(1.0, max(sh, sw) / 10.0), rng)
+    up = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    threshold = float(rng.uniform(*config.threshold_range))
+    return np.where(up > threshold, 255, 0).astype(np.uint8)

@@ -129,6 +129,9 @@ class TrainConfig:
                 if k in p:
                     p[k] = tuple(p[k])
             aug["perturb"] = D.PerturbConfig(**p)
+        if "lowres" in aug:
+            aug["lowres"] = D.LowResConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                              for k, v in dict(aug["lowres"]).items()})
         for k in ("scale_range", "paste_scale", "feather_sigma"):
             if k in aug:
                 aug[k] = tuple(aug[k])

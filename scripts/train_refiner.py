@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--saturation", type=float, default=d.augment.saturation)
     g.add_argument("--real-coarse-prob", type=float, default=d.augment.real_coarse_prob,
                    help="chance to train on the source's real segmenter mask instead of a synthetic one")
+    g.add_argument("--lowres-prob", type=float, default=d.augment.lowres_prob,
+                   help="share of synthetic coarse masks made like a low-resolution segmenter's (smooth, a few "
+                        "px off; cascadepsp.perturb.lowres_mask) instead of the original's polygon/morphology")
     g.add_argument("--real-coarse-sources", nargs="+", default=list(d.real_coarse_sources),
                    choices=SOURCES, help="sources whose real masks may be used as coarse input")
     g.add_argument("--davis-n-dev", type=int, default=d.davis_n_dev,
@@ -93,7 +96,8 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
     )
     return config_replace(cfg, augment__crop_size=a.crop, augment__composite_prob=a.composite_prob,
                           augment__brightness=a.brightness, augment__contrast=a.contrast,
-                          augment__saturation=a.saturation, augment__real_coarse_prob=a.real_coarse_prob)
+                          augment__saturation=a.saturation, augment__real_coarse_prob=a.real_coarse_prob,
+                          augment__lowres_prob=a.lowres_prob)
 
 
 def main(argv: list[str] | None = None) -> int:

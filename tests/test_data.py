@@ -156,6 +156,19 @@ def test_augmentation_keeps_image_gt_and_coarse_aligned(folder, tmp_path, compos
     assert 0.4 < np.mean(ious) < 0.95 and min(ious) > 0.1 and np.median(ious) > 0.45
 
 
+def test_lowres_prob_switches_the_synthetic_coarse_masks(folder, tmp_path):
+    base = make_dataset(folder, tmp_path, seed=3, crop=64, composite_prob=0.0)
+    lowres = make_dataset(folder, tmp_path, seed=3, crop=64, composite_prob=0.0, lowres_prob=1.0)
+    smooth, jagged = [], []
+    for i in range(len(base)):
+        for ds, out in ((lowres, smooth), (base, jagged)):
+            _, gt, coarse = ds.make_sample(0, i)
+            out.append(np.count_nonzero((coarse > 127) != (gt > 127)) / gt.size)
+    # lowres masks are near misses of the GT; the original's perturbation errs far more
+    assert np.mean(smooth) < 0.5 * np.mean(jagged), (smooth, jagged)
+    assert np.mean(smooth) > 0
+
+
 def test_tensor_conversion_is_imagenet_normalised():
     image = np.full((8, 8, 3), 255, np.uint8)
     out = D.to_model_tensors(image, np.full((8, 8), 255, np.uint8), np.zeros((8, 8), np.uint8))
@@ -207,3 +220,5 @@ def test_bad_augment_config():
         D.AugmentConfig(crop_size=50)
     with pytest.raises(ValueError, match="composite_prob"):
         D.AugmentConfig(composite_prob=1.5)
+    with pytest.raises(ValueError, match="lowres_prob"):
+        D.AugmentConfig(lowres_prob=-0.1)

@@ -4,7 +4,15 @@ import cv2
 import numpy as np
 import pytest
 
-from cascadepsp.perturb import PerturbConfig, degrade_polygons, morph_perturb, perturb_mask
+from cascadepsp.metrics import boundary_accuracy
+from cascadepsp.perturb import (
+    LowResConfig,
+    PerturbConfig,
+    degrade_polygons,
+    lowres_mask,
+    morph_perturb,
+    perturb_mask,
+)
 
 
 def _ellipse(h=160, w=200, axes=(70, 50)) -> np.ndarray:
@@ -113,3 +121,42 @@ def test_bad_inputs():
         PerturbConfig(iou_range=(0.9, 0.8))
     with pytest.raises(ValueError, match="stop_reference"):
         PerturbConfig(stop_reference="other")
+
+
+def test_lowres_mask_is_a_smooth_near_miss():
+    gt = _ellipse(320, 400, (140, 100))
+    out = lowres_mask(gt, 5)
+    assert out.dtype == np.uint8 and out.shape == gt.shape and set(np.unique(out)) <= {0, 255}
+    assert np.array_equal(out, lowres_mask(gt > 0, np.random.default_rng(5)))
+    assert not np.array_equal(out, lowres_mask(gt, 6))
+    # A low-resolution segmenter gets the shape and moves the boundary a few px: high IoU, imperfect boundary.
+    assert 0.9 < _iou(out, gt) < 1.0
+    assert boundary_accuracy(out > 127, gt > 127) < 0.97
+    # ... and keeps no jagged detail: its boundary is no longer than the GT's by more than a little.
+    perimeter = [sum(cv2.arcLength(c, True) for c in cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)[0])
+                 for m in (out, gt)]
+    assert perimeter[0] < 1.15 * perimeter[1]
+
+
+def test_lowres_mask_loses_thin_parts():
+    gt = _ellipse(320, 400, (140, 100))
+    gt[:, 20:22] = 255  # a 2-px pole
+    cfg = LowResConfig(factor_range=(8.0, 8.0), shift=0.0, noise=0.0, threshold_range=(0.5, 0.5))
+    out = lowres_mask(gt, 0, cfg)
+    assert np.count_nonzero(out[:, 15:27]) < 0.2 * np.count_nonzero(gt[:, 15:27])
+    assert _iou(out, gt) > 0.95
+
+
+def test_lowres_mask_edge_cases_and_bad_config():
+    for value in (0, 255):
+        full = np.full((64, 80), value, np.uint8)
+        assert np.array_equal(lowres_mask(full, 1), full)
+    tiny = np.zeros((3, 3), np.uint8)
+    tiny[1, 1] = 255
+    assert np.array_equal(lowres_mask(tiny, 0), tiny)
+    with pytest.raises(ValueError, match="factor_range"):
+        LowResConfig(factor_range=(0.5, 2.0))
+    with pytest.raises(ValueError, match="threshold_range"):
+        LowResConfig(threshold_range=(0.0, 0.5))
+    with pytest.raises(ValueError, match="shift"):
+        LowResConfig(shift=-1.0)

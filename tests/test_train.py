@@ -207,3 +207,12 @@ def test_davis_dev_holds_back_sequences_and_scores_frames_with_real_masks(tmp_pa
     assert np.isfinite(trainer.train_step(next(iter(trainer.loader(0, 1))))["total"])
     with pytest.raises(ValueError, match="davis_n_dev"):
         build_data(config_replace(cfg, davis_n_dev=3))
+
+
+def test_config_round_trip_keeps_lowres_settings():
+    from cascadepsp.perturb import LowResConfig
+    cfg = config_replace(TrainConfig(), augment__lowres_prob=0.4,
+                         augment__lowres=LowResConfig(factor_range=(2.0, 5.0), shift=1.0))
+    back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back.augment.lowres_prob == 0.4 and back.augment.lowres == cfg.augment.lowres
+    assert back == cfg
