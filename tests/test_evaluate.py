@@ -237,3 +237,31 @@ def test_select_samples_splits_like_the_trainer(tmp_path):
     assert {s.name for s in val} == {s.name for s in split_by_name(every)[1]}
     with pytest.raises(ValueError, match="split"):
         select_samples(tmp_path, split="test")
+
+
+def _load_headroom():
+    spec = importlib.util.spec_from_file_location("boundary_headroom", ROOT / "scripts" / "boundary_headroom.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_boundary_headroom_oracles(tmp_path, capsys):
+    headroom = _load_headroom()
+    _, seg, gt = _scene(1)
+    coarse, truth = seg > 127, gt > 127
+    # k = 0: the ground truth on the coarse boundary pixels only; larger k: closer and closer to the ground truth
+    band = cv2.morphologyEx(coarse.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    assert np.array_equal(headroom.band_oracle(coarse, truth, 0), np.where(band, truth, coarse))
+    scores = [boundary_accuracy(headroom.band_oracle(coarse, truth, k), truth) for k in (1, 3, 100)]
+    assert boundary_accuracy(coarse, truth) < scores[0] <= scores[1] <= scores[2] == 1.0
+    assert headroom.offset(coarse, 1).sum() > coarse.sum() > headroom.offset(coarse, -1).sum()
+    assert np.array_equal(headroom.offset(coarse, 0), coarse)
+
+    _write_flat(tmp_path / "data", 3)
+    assert headroom.main([str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "3 images" in out and "band oracle k=15" in out and "coarse dilated 1 px" in out
+    (tmp_path / "empty").mkdir()
+    assert headroom.main([str(tmp_path / "empty")]) == 2
+    assert "error: directory: no <name>_im" in capsys.readouterr().err
