@@ -16,6 +16,7 @@ read a palette, 16-bit or RGBA mask the same way.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import re
@@ -299,6 +300,19 @@ def select_samples(directory: PathLike | None = None, *, davis: PathLike | None 
         raise ValueError(f"split: expected all, train or val, got {split!r}")
     train, val = split_by_name(samples)
     return val if split == "val" else train
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sample-selection options of the data scripts: a flat folder (``dir`` and ``--split``) or DAVIS."""
+    parser.add_argument("dir", nargs="?", help="flat folder of <name>_im / _seg / _gt (recursive)")
+    parser.add_argument("--split", choices=["all", "train", "val"], default="all")
+    parser.add_argument("--davis", help="DAVIS-2016 root (JPEGImages/, Annotations/, coarse_u2netp/)")
+    parser.add_argument("--sequences", help="comma-separated DAVIS sequences")
+
+
+def selected_samples(args: argparse.Namespace) -> list[Sample]:
+    """:func:`select_samples` for options added by :func:`add_selection_arguments`."""
+    return select_samples(args.dir, davis=args.davis, sequences=args.sequences, split=args.split)
 
 
 def original_eval_samples(directory: PathLike) -> list[Sample]:

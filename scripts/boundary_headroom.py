@@ -17,7 +17,7 @@ import sys
 import cv2
 import numpy as np
 
-from cascadepsp.datasets import read_binary, read_rgb, select_samples
+from cascadepsp.datasets import add_selection_arguments, read_binary, read_rgb, selected_samples
 from cascadepsp.metrics import boundary_accuracy
 
 BANDS = (1, 2, 3, 5, 8, 15)
@@ -42,15 +42,12 @@ def offset(mask: np.ndarray, px: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dir", nargs="?", help="flat folder of <name>_im / _seg / _gt")
-    p.add_argument("--split", choices=["all", "train", "val"], default="all")
-    p.add_argument("--davis", help="DAVIS-2016 root with coarse_u2netp/")
-    p.add_argument("--sequences", help="comma-separated DAVIS sequences")
+    add_selection_arguments(p)
     args = p.parse_args(argv)
     if not (args.davis or args.dir):
         p.error("give a folder or --davis")
     try:
-        found = select_samples(args.dir, davis=args.davis, sequences=args.sequences, split=args.split)
+        found = selected_samples(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

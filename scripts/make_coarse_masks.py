@@ -17,23 +17,20 @@ from pathlib import Path
 from tqdm import tqdm
 
 import pspnet
-from cascadepsp.datasets import read_rgb, select_samples
+from cascadepsp.datasets import add_selection_arguments, read_rgb, selected_samples
 from cascadepsp.imageio import encode_png, write_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dir", nargs="?", help="flat folder of <name>_im / _seg / _gt")
-    p.add_argument("--split", choices=["all", "train", "val"], default="all")
-    p.add_argument("--davis", help="DAVIS-2016 root")
-    p.add_argument("--sequences", help="comma-separated DAVIS sequences")
+    add_selection_arguments(p)
     p.add_argument("--weights", default="default", help="PSPNet .safetensors or 'default'")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if not (args.davis or args.dir):
         p.error("give a folder or --davis")
-    samples = select_samples(args.dir, davis=args.davis, sequences=args.sequences, split=args.split)
+    samples = selected_samples(args)
     model = pspnet.load(args.weights)
     if args.device:
         model = model.to(args.device)

@@ -204,8 +204,8 @@ def test_evaluate_limit_and_bad_arguments(tmp_path):
         save_figure(only_coarse, tmp_path / "x.png")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+def _load_script(name: str = "evaluate"):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -239,15 +239,8 @@ def test_select_samples_splits_like_the_trainer(tmp_path):
         select_samples(tmp_path, split="test")
 
 
-def _load_headroom():
-    spec = importlib.util.spec_from_file_location("boundary_headroom", ROOT / "scripts" / "boundary_headroom.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_boundary_headroom_oracles(tmp_path, capsys):
-    headroom = _load_headroom()
+    headroom = _load_script("boundary_headroom")
     _, seg, gt = _scene(1)
     coarse, truth = seg > 127, gt > 127
     # k = 0: the ground truth on the coarse boundary pixels only; larger k: closer and closer to the ground truth
