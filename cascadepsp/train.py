@@ -123,15 +123,9 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         aug = dict(d.pop("augment", {}) or {})
-        if "perturb" in aug:
-            p = dict(aug["perturb"])
-            for k in ("iou_range", "kernel_size_range"):
-                if k in p:
-                    p[k] = tuple(p[k])
-            aug["perturb"] = D.PerturbConfig(**p)
-        if "lowres" in aug:
-            aug["lowres"] = D.LowResConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                              for k, v in dict(aug["lowres"]).items()})
+        for key, config_cls in (("perturb", D.PerturbConfig), ("lowres", D.LowResConfig)):
+            if key in aug:  # JSON turned their (lo, hi) range tuples into lists
+                aug[key] = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(aug[key]).items()})
         for k in ("scale_range", "paste_scale", "feather_sigma"):
             if k in aug:
                 aug[k] = tuple(aug[k])

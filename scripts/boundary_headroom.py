@@ -17,8 +17,9 @@ import sys
 import cv2
 import numpy as np
 
-from cascadepsp.datasets import add_selection_arguments, read_binary, read_rgb, selected_samples
-from cascadepsp.metrics import boundary_accuracy
+from cascadepsp.datasets import add_selection_arguments, selected_samples
+from cascadepsp.evaluation import load_sample
+from cascadepsp.metrics import binarize, boundary_accuracy
 
 BANDS = (1, 2, 3, 5, 8, 15)
 
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows: dict[str, list[float]] = {}
     for s in samples:
-        _, header = read_rgb(s.image)
-        coarse, gt = read_binary(s.mask, header), read_binary(s.gt, header)
+        _, seg, soft_gt = load_sample(s)  # evaluate.py's reading rules, so "coarse" matches its coarse row
+        coarse, gt = binarize(seg), binarize(soft_gt)
         candidates = {"coarse": coarse, "coarse eroded 1 px": offset(coarse, -1),
                       "coarse dilated 1 px": offset(coarse, 1),
                       **{f"band oracle k={k}": band_oracle(coarse, gt, k) for k in BANDS}}
