@@ -39,6 +39,9 @@ class RMConfig:
     # Residual output: every output's logits get ``residual`` x the mask estimate its pass was given
     # (in [-1, 1]), so an untrained network returns its input. 0 = the original plain head.
     residual: float = 0.0
+    # > 0: the OS1 output goes through a trainable colour guided filter of this radius (px) with a learned
+    # per-pixel gate (cascadepsp.guided.GuidedOutput). 0 = the original output.
+    guided_radius: int = 0
 
     def __post_init__(self) -> None:
         known = sorted([*BACKBONE_BLOCKS, *ENCODER_BACKBONES])
@@ -48,6 +51,8 @@ class RMConfig:
             raise ValueError(f"encoder_output_stride must be 8, 16 or 32, got {self.encoder_output_stride}")
         if self.residual < 0:
             raise ValueError(f"residual must be >= 0, got {self.residual}")
+        if self.guided_radius < 0:
+            raise ValueError(f"guided_radius must be >= 0, got {self.guided_radius}")
 
     @property
     def is_encoder(self) -> bool:
@@ -125,6 +130,9 @@ PRESETS: dict[str, RMConfig] = {
     # network trained on the project's CPU and shipped as the bundled default.
     "lite0": RMConfig(backbone="efficientnet_lite0", encoder_output_stride=16, psp_out=128,
                       up_channels=(64, 32, 16), head_hidden=16, residual=4.0),
+    # `lite0` with a trainable guided-filter output stage (radius 4 px, learned gate).
+    "lite0_guided": RMConfig(backbone="efficientnet_lite0", encoder_output_stride=16, psp_out=128,
+                             up_channels=(64, 32, 16), head_hidden=16, residual=4.0, guided_radius=4),
 }
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .backbone import ResNetExtractor
 from .config import RMConfig, get_config
 from .encoder_backbone import EncoderExtractor
+from .guided import GuidedOutput
 
 
 def _upsample(x: Tensor, factor: int) -> Tensor:
@@ -87,6 +88,7 @@ class RefinementModule(nn.Module):
         self.final_56 = nn.Sequential(nn.Conv2d(c1, hid, 1), nn.ReLU(inplace=True), nn.Conv2d(hid, 1, 1))
         self.final_11 = nn.Conv2d(c3 + 3, hid, kernel_size=1)
         self.final_21 = nn.Conv2d(hid, 1, kernel_size=1)
+        self.guided = GuidedOutput(c3, cfg.guided_radius) if cfg.guided_radius else None
 
     def _trunk(self, x: Tensor, seg: Tensor, m1: Tensor, m2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         f, f_os2, f_os4 = self.feats(torch.cat([x, seg, m1, m2], dim=1))
@@ -129,7 +131,8 @@ class RefinementModule(nn.Module):
         p = self.up_1(p, f_os4)
         out["out_56_2"] = head(_upsample(self.final_56(p), 4), t4)
         p = self.up_3(self.up_2(p, f_os2), x)
-        out["out_224"] = head(self.final_21(F.relu(self.final_11(torch.cat([p, x], dim=1)))), t4)
+        logits_1 = head(self.final_21(F.relu(self.final_11(torch.cat([p, x], dim=1)))), t4)
+        out["out_224"] = logits_1 if self.guided is None else self.guided(logits_1, p, x)
         for key in ("out_28_3", "out_56_2", "out_224"):
             out["pred" + key[3:]] = torch.sigmoid(out[key])
         return out

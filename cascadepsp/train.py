@@ -215,9 +215,15 @@ def build_model(cfg: TrainConfig) -> RefinementModule:
     model = RefinementModule(rm)
     if cfg.init:
         state, config, _ = load_weights(cfg.init, expected_format=MODEL_FORMAT)
-        if RMConfig.from_dict(config) != rm:
-            raise ValueError(f"init: {cfg.init} holds a {RMConfig.from_dict(config)} network, the run trains {rm}")
-        load_state_tolerant(model, state)
+        held = RMConfig.from_dict(config)
+        if held == rm:
+            load_state_tolerant(model, state)
+        elif dataclasses.replace(held, guided_radius=rm.guided_radius) == rm and not held.guided_radius:
+            # a network without the guided output stage: everything but the new stage comes from the file
+            load_state_tolerant(model, {**{k: v for k, v in model.state_dict().items() if k.startswith("guided.")},
+                                        **state})
+        else:
+            raise ValueError(f"init: {cfg.init} holds a {held} network, the run trains {rm}")
     elif cfg.pretrained and rm.is_encoder:
         model.feats.load_imagenet()
     return model

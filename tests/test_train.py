@@ -216,3 +216,16 @@ def test_config_round_trip_keeps_lowres_settings():
     back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back.augment.lowres_prob == 0.4 and back.augment.lowres == cfg.augment.lowres
     assert back == cfg
+
+
+def test_init_adds_a_guided_output_stage_to_a_network_without_one(folder, tmp_path):
+    plain = Trainer(tiny_config(folder, tmp_path / "a", preset="lite0", pretrained=False))
+    path = plain.export(tmp_path / "a.safetensors")
+    guided = Trainer(tiny_config(folder, tmp_path / "b", preset="lite0_guided", init=str(path)))
+    own = guided.model.state_dict()
+    for key, value in plain.model.state_dict().items():
+        torch.testing.assert_close(own[key], value, atol=1e-2, rtol=1e-3)  # fp16 export
+    assert any(k.startswith("guided.") for k in own) and guided.model.config.guided_radius == 4
+    back = guided.export(tmp_path / "b.safetensors")  # the other way round is not a warm start: refused
+    with pytest.raises(ValueError, match="init"):
+        Trainer(tiny_config(folder, tmp_path / "c", preset="lite0", pretrained=False, init=str(back)))
