@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--boundary-weight", type=float, default=d.boundary_weight,
                    help="extra loss weight of pixels near the GT boundary (0: the original's loss)")
     g.add_argument("--boundary-radius", type=int, default=d.boundary_radius, help="boundary band radius, px")
+    g.add_argument("--guided-lr-scale", type=float, default=d.guided_lr_scale,
+                   help="learning-rate multiplier of the guided output stage (presets with guided_radius > 0)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 disables")
     g.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA too")
@@ -85,7 +87,8 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(
         preset=a.preset, residual=a.residual, pretrained=not a.no_pretrained, init=a.init,
         validate_on=a.validate_on, real_coarse_sources=tuple(a.real_coarse_sources), davis_n_dev=a.davis_n_dev,
-        boundary_weight=a.boundary_weight, boundary_radius=a.boundary_radius, human_seg=a.human_seg, davis=a.davis,
+        boundary_weight=a.boundary_weight, boundary_radius=a.boundary_radius,
+        guided_lr_scale=a.guided_lr_scale, human_seg=a.human_seg, davis=a.davis,
         backgrounds=a.backgrounds,
         davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat,
         max_side=a.max_side, batch_size=a.batch_size, iterations=a.iters, lr=a.lr, weight_decay=a.weight_decay,

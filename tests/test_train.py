@@ -229,3 +229,16 @@ def test_init_adds_a_guided_output_stage_to_a_network_without_one(folder, tmp_pa
     back = guided.export(tmp_path / "b.safetensors")  # the other way round is not a warm start: refused
     with pytest.raises(ValueError, match="init"):
         Trainer(tiny_config(folder, tmp_path / "c", preset="lite0", pretrained=False, init=str(back)))
+
+
+def test_guided_stage_gets_its_own_learning_rate(folder, tmp_path):
+    scaled = Trainer(tiny_config(folder, tmp_path / "a", preset="lite0_guided", pretrained=False, lr=1e-3,
+                                 guided_lr_scale=10.0))
+    plain_group, guided_group = scaled.optimizer.param_groups
+    assert guided_group["lr"] == pytest.approx(1e-2) and plain_group["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in guided_group["params"]} == {id(p) for p in scaled.model.guided.parameters()}
+    assert len(plain_group["params"]) + len(guided_group["params"]) == len(list(scaled.model.parameters()))
+    one = Trainer(tiny_config(folder, tmp_path / "b", preset="lite0_guided", pretrained=False))
+    assert len(one.optimizer.param_groups) == 1  # scale 1: the layout older checkpoints resume into
+    with pytest.raises(ValueError, match="guided_lr_scale"):
+        tiny_config(folder, tmp_path / "c", guided_lr_scale=0.0)
