@@ -240,7 +240,11 @@ def usable(samples: Sequence[Sample], *roles: str) -> list[Sample]:
 T = TypeVar("T")
 
 
-def split_by_name(items: Sequence[T], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[T], list[T]]:
+VAL_FRACTION = 0.2  # share of a flat folder held out for validation (split_by_name, seed 0)
+DEV_FRACTION = 0.1  # share of the rest held back as the dev part (split_by_name, seed 1), as the trainers do
+
+
+def split_by_name(items: Sequence[T], val_fraction: float = VAL_FRACTION, seed: int = 0) -> tuple[list[T], list[T]]:
     """Deterministic (train, val) split of independent images: the ``val_fraction`` with the smallest sha1 of
     ``seed:name`` go to validation (stable under reordering; adding images moves few others)."""
     if not 0.0 <= val_fraction < 1.0:
@@ -287,7 +291,8 @@ def split_davis(root: PathLike, val_sequences: Sequence[str] | None = None, n_va
 def select_samples(directory: PathLike | None = None, *, davis: PathLike | None = None,
                    sequences: str | None = None, split: str = "all") -> list[Sample]:
     """Evaluation samples (image, coarse mask, ground truth) of a DAVIS root (``sequences``: comma-separated)
-    or of a folder in the original layout, optionally its train / val part by :func:`split_by_name`."""
+    or of a folder in the original layout, optionally its train / val part by :func:`split_by_name`, or the
+    dev part the trainers hold back from train (``split="dev"``)."""
     if davis:
         seqs = [s for s in sequences.split(",") if s] if sequences else davis_sequences(davis, DAVIS_COARSE)
         return davis_eval_samples(davis, seqs)
@@ -296,16 +301,18 @@ def select_samples(directory: PathLike | None = None, *, davis: PathLike | None 
     samples = original_eval_samples(directory)
     if split == "all":
         return samples
-    if split not in ("train", "val"):
-        raise ValueError(f"split: expected all, train or val, got {split!r}")
+    if split not in ("train", "val", "dev"):
+        raise ValueError(f"split: expected all, train, val or dev, got {split!r}")
     train, val = split_by_name(samples)
+    if split == "dev":
+        return split_by_name(train, DEV_FRACTION, 1)[1]
     return val if split == "val" else train
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """The sample-selection options of the data scripts: a flat folder (``dir`` and ``--split``) or DAVIS."""
     parser.add_argument("dir", nargs="?", help="flat folder of <name>_im / _seg / _gt (recursive)")
-    parser.add_argument("--split", choices=["all", "train", "val"], default="all")
+    parser.add_argument("--split", choices=["all", "train", "val", "dev"], default="all")
     parser.add_argument("--davis", help="DAVIS-2016 root (JPEGImages/, Annotations/, coarse_u2netp/)")
     parser.add_argument("--sequences", help="comma-separated DAVIS sequences")
 

@@ -27,7 +27,7 @@ from . import data as D
 from . import runfiles
 from .checkpoint import load_state_tolerant, load_weights
 from .config import PRESETS, RMConfig, get_config
-from .datasets import Sample, split_by_name, split_davis, split_dev_sequences
+from .datasets import DEV_FRACTION, VAL_FRACTION, Sample, split_by_name, split_davis, split_dev_sequences
 from .inference import image_to_tensor, mask_to_tensor, refine_single_pass
 from .losses import LOSS_PARTS, LossWeights, refinement_loss
 from .metrics import SegMetrics
@@ -54,13 +54,13 @@ class TrainConfig:
     backgrounds: str | None = None  # folder of background photos for copy-paste
     davis_val_sequences: tuple[str, ...] | None = None  # default: the last `davis_n_val` in sorted order
     davis_n_val: int = 3
-    human_seg_val_fraction: float = 0.2
+    human_seg_val_fraction: float = VAL_FRACTION
     # Validation during training reads a part held back from the *training* split ("dev"): DAVIS's last
     # `davis_n_dev` training sequences and `human_seg_dev_fraction` of the human_seg training photos, so
     # design choices never see the validation split. "val" validates on the validation split instead.
     validate_on: str = "dev"
     davis_n_dev: int = 3  # libby, motocross-jump, paragliding-launch with the default val split
-    human_seg_dev_fraction: float = 0.1
+    human_seg_dev_fraction: float = DEV_FRACTION
     # Sources whose real segmenter masks may replace the synthetic coarse input in training. human_seg's
     # U2-Netp masks are systematically too small for its matting GT, which teaches the net to grow masks.
     real_coarse_sources: tuple[str, ...] = ("davis", "human_seg")

@@ -29,9 +29,10 @@ class WeightSpec:
 
 
 REGISTRY: dict[str, WeightSpec] = {
-    "default": WeightSpec("default", "EfficientNet-Lite0 refiner (lite0 preset: ImageNet trunk, residual output) "
-                          "trained by this project on a 2-core CPU (bundled)",
-                          filename="cascadepsp_lite0.safetensors"),
+    "default": WeightSpec("default", "EfficientNet-Lite0 refiner (lite0_guided preset: ImageNet trunk, residual "
+                          "output, trainable guided-filter output stage) trained by this project on a 2-core CPU "
+                          "(bundled)",
+                          filename="cascadepsp_lite0_guided.safetensors"),
     "official": WeightSpec("official", "original CascadePSP ResNet-50 checkpoint (user-provided / downloaded)",
                            official=True),
 }

@@ -42,9 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"exact comma-separated method list instead of {REFINER} + --baselines, e.g. "
                         f"'{COARSE},guided,morph' to leave the network out")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N triplets")
-    p.add_argument("--split", choices=["all", "train", "val"], default="all",
+    p.add_argument("--split", choices=["all", "train", "val", "dev"], default="all",
                    help="for a flat folder: keep the training or validation part of the refiner's name-hash "
-                        "split (cascadepsp.datasets.split_by_name, 20%% validation)")
+                        "split (cascadepsp.datasets.split_by_name, 20%% validation), or the dev part the "
+                        "trainers hold back from training (10%% of the training part)")
     p.add_argument("--out-csv", default=None, help="write per-image metrics here")
     p.add_argument("--out-json", default=None,
                    help="write the per-method summary (IoU, mBA, time) and the command here, e.g. for "

@@ -3,7 +3,7 @@
 trained it, its training log's path and the evaluation summaries that scored it (from evaluate.py --out-json).
 
     python scripts/package_weights.py runs/lite0_long/model_best.safetensors \\
-        cascadepsp/weights/cascadepsp_lite0.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
+        cascadepsp/weights/cascadepsp_lite0_guided.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
         --log training/lite0_long_log.csv --eval davis_u2netp=runs/eval/davis_u2netp.json ...
 """
 

@@ -239,6 +239,20 @@ def test_select_samples_splits_like_the_trainer(tmp_path):
         select_samples(tmp_path, split="test")
 
 
+def test_dev_split_is_the_part_the_trainer_holds_back(tmp_path):
+    from cascadepsp.evaluation import select_samples
+    from cascadepsp.train import TrainConfig, build_data
+
+    _write_flat(tmp_path, n=30)
+    dev = {s.name for s in select_samples(tmp_path, split="dev")}
+    val = {s.name for s in select_samples(tmp_path, split="val")}
+    assert len(dev) == 2 and not dev & val  # 10 % of the 24 training photos, never a validation photo
+    bundle = build_data(TrainConfig(human_seg=str(tmp_path), human_seg_repeat=1, val_max_items=None,
+                                    val_max_side=64, val_crop_batches=0), preload_threads=1)
+    assert {ex.name for ex in bundle.val_examples["human_seg"]} == dev
+    assert not dev & {it.name for it in bundle.train.store.items}
+
+
 def test_boundary_headroom_oracles(tmp_path, capsys):
     headroom = _load_script("boundary_headroom")
     _, seg, gt = _scene(1)
