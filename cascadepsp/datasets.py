@@ -242,6 +242,7 @@ T = TypeVar("T")
 
 VAL_FRACTION = 0.2  # share of a flat folder held out for validation (split_by_name, seed 0)
 DEV_FRACTION = 0.1  # share of the rest held back as the dev part (split_by_name, seed 1), as the trainers do
+SPLITS = ("all", "train", "val", "dev")  # the parts select_samples can return
 
 
 def split_by_name(items: Sequence[T], val_fraction: float = VAL_FRACTION, seed: int = 0) -> tuple[list[T], list[T]]:
@@ -301,8 +302,8 @@ def select_samples(directory: PathLike | None = None, *, davis: PathLike | None 
     samples = original_eval_samples(directory)
     if split == "all":
         return samples
-    if split not in ("train", "val", "dev"):
-        raise ValueError(f"split: expected all, train, val or dev, got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
     train, val = split_by_name(samples)
     if split == "dev":
         return split_by_name(train, DEV_FRACTION, 1)[1]
@@ -312,7 +313,7 @@ def select_samples(directory: PathLike | None = None, *, davis: PathLike | None 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """The sample-selection options of the data scripts: a flat folder (``dir`` and ``--split``) or DAVIS."""
     parser.add_argument("dir", nargs="?", help="flat folder of <name>_im / _seg / _gt (recursive)")
-    parser.add_argument("--split", choices=["all", "train", "val", "dev"], default="all")
+    parser.add_argument("--split", choices=SPLITS, default="all")
     parser.add_argument("--davis", help="DAVIS-2016 root (JPEGImages/, Annotations/, coarse_u2netp/)")
     parser.add_argument("--sequences", help="comma-separated DAVIS sequences")
 

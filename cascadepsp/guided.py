@@ -92,6 +92,6 @@ class GuidedOutput(nn.Module):
         guide = (x * self.rgb_std + self.rgb_mean).float()
         prob = torch.sigmoid(logits.float())
         filtered = colour_guided_filter(guide, prob, self.radius, self.log_eps.exp())
-        gate = torch.sigmoid(self.gate(torch.cat([features, x, prob, filtered], dim=1).to(features.dtype)))
-        blended = (gate.float() * filtered + (1 - gate.float()) * prob).clamp(_PROB_EPS, 1 - _PROB_EPS)
+        gate = torch.sigmoid(self.gate(torch.cat([features, x, prob, filtered], dim=1).to(features.dtype))).float()
+        blended = (gate * filtered + (1 - gate) * prob).clamp(_PROB_EPS, 1 - _PROB_EPS)
         return torch.logit(blended).to(logits.dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cascadepsp.datasets import SPLITS
 from cascadepsp.evaluation import (
     COARSE,
     REFINER,
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"exact comma-separated method list instead of {REFINER} + --baselines, e.g. "
                         f"'{COARSE},guided,morph' to leave the network out")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N triplets")
-    p.add_argument("--split", choices=["all", "train", "val", "dev"], default="all",
+    p.add_argument("--split", choices=SPLITS, default="all",
                    help="for a flat folder: keep the training or validation part of the refiner's name-hash "
                         "split (cascadepsp.datasets.split_by_name, 20%% validation), or the dev part the "
                         "trainers hold back from training (10%% of the training part)")
