@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -82,12 +83,15 @@ def sliding_window_probs(model: PSPNet, x: Tensor, crop: int, stride: int, flip:
 
 def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop: int | None = None,
             stride: int | None = None, base_size: int | None = None, flip: bool = False,
-            device: str | torch.device | None = None, bgr: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            scales: Sequence[float] = (1.0,), device: str | torch.device | None = None,
+            bgr: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Segment ``image``; returns ``(prob, mask)`` at the input resolution.
 
     ``prob``: float32 HxW foreground (class 1) probability for a two-class (or one-logit) model, else the
     CxHxW class probabilities. ``mask``: HxW uint8 class ids (0/1 for foreground models).
     ``crop``/``base_size`` default to the values stored with the model; ``stride`` to 2/3 of the crop.
+    ``scales``: multi-scale testing as in the paper, probabilities averaged over long sides ``base_size x s``
+    (with ``flip``, each scale is also run mirrored).
     ``model=None`` uses the bundled default weights; ``device=None`` keeps the model where it is.
     """
     net = _resolve(model)
@@ -100,18 +104,24 @@ def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop
     stride = int(stride) if stride is not None else max(1, int(math.ceil(crop * 2 / 3)))
     if not 1 <= stride <= crop:
         raise ValueError(f"stride: expected an integer in [1, crop={crop}], got {stride!r}")
+    scales = [float(s) for s in scales]
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scales: expected one or more positive numbers, got {scales!r}")
     rgb = to_rgb_uint8(image, bgr=bgr)
     if device is not None:
         net = net.to(device)
     net.eval()
     dev = next(net.parameters()).device
     height, width = rgb.shape[:2]
-    h, w = long_side_size((height, width), base_size)
-    small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if h < height else cv2.INTER_LINEAR)
-    x = normalize(small).unsqueeze(0).to(dev)
-    probs = sliding_window_probs(net, x, crop, stride, flip=flip)
-    probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-    probs = probs.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
+    probs = None
+    for scale in scales:
+        h, w = long_side_size((height, width), max(8.0, base_size * scale))
+        small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if h < height else cv2.INTER_LINEAR)
+        x = normalize(small).unsqueeze(0).to(dev)
+        p = sliding_window_probs(net, x, crop, stride, flip=flip)
+        p = F.interpolate(p[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        probs = p if probs is None else probs + p
+    probs = (probs / len(scales)).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
     if probs.shape[0] == 1:
         prob = probs[0]
         return prob, (prob >= 0.5).astype(np.uint8)

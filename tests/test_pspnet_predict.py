@@ -99,6 +99,20 @@ def test_predict_uses_windows_for_images_larger_than_the_crop(model, monkeypatch
     calls.clear()
     pspnet.predict(image, model, flip=True)
     assert sum(c[0] for c in calls) == 4
+    calls.clear()
+    pspnet.predict(image, model, scales=(0.5, 1.0, 2.0))  # 16x32 (1 padded window), 32x64 (2), 64x128 (2x4)
+    assert sum(c[0] for c in calls) == 1 + 2 + 2 * 4
+
+
+def test_multiscale_prediction_is_the_mean_of_the_single_scales(model):
+    image = np.random.default_rng(3).integers(0, 256, (57, 83, 3), dtype=np.uint8)
+    singles = [pspnet.predict(image, model, base_size=64 * s)[0] for s in (0.75, 1.25)]
+    multi, mask = pspnet.predict(image, model, scales=[0.75, 1.25])
+    assert np.allclose(multi, np.mean(singles, axis=0), atol=1e-5)
+    assert np.array_equal(mask == 1, multi >= 0.5) or np.mean((mask == 1) != (multi >= 0.5)) < 1e-3
+    for bad in ([], [0.0], [1.0, -1.0], [float("nan")]):
+        with pytest.raises(ValueError, match="scales"):
+            pspnet.predict(image, model, scales=bad)
 
 
 def test_predict_multiclass_returns_class_probabilities():
@@ -250,3 +264,36 @@ def test_collect_images_takes_only_photos_of_the_original_layout(tmp_path):
     for name in ("a_im.jpg", "a_seg.png", "a_gt.png", "b_im.png", "b_seg.png"):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in collect_images([tmp_path])] == ["a_im.jpg", "b_im.png"]
+
+
+def test_evaluate_pspnet_script_scores_the_predictions(model, tmp_path, capsys):
+    import json
+
+    from cascadepsp.metrics import SegMetrics
+
+    rng = np.random.default_rng(7)
+    data = tmp_path / "data"
+    data.mkdir()
+    images, gts = [], []
+    for i in range(3):
+        image, gt = shape_pair(rng, 44, 60)
+        cv2.imwrite(str(data / f"s{i}_im.png"), image[:, :, ::-1])
+        cv2.imwrite(str(data / f"s{i}_gt.png"), gt)
+        cv2.imwrite(str(data / f"s{i}_seg.png"), np.roll(gt, 3, axis=1))
+        images.append(image)
+        gts.append(gt > 127)
+    weights = pspnet.save(model, tmp_path / "psp.safetensors")
+    script = _load_script("evaluate_pspnet")
+    out_json = tmp_path / "s.json"
+    assert script.main([str(data), "--weights", str(weights), "--flip", "--scales", "0.75", "1",
+                        "--threshold", "0.4", "--out-json", str(out_json)]) == 0
+    assert "pspnet" in capsys.readouterr().out
+    expected = SegMetrics()
+    for image, gt in zip(images, gts, strict=True):
+        prob, _ = pspnet.predict(image, model, flip=True, scales=(0.75, 1.0))
+        expected.update(prob >= 0.4, gt)
+    summary = json.loads(out_json.read_text())["summary"]
+    assert summary["pspnet"]["iou"] == pytest.approx(expected.summary()["iou"], abs=1e-6)
+    assert summary["pspnet"]["n_images"] == 3 and "coarse" in summary
+    with pytest.raises(SystemExit):
+        script.main([str(data), "--weights", str(weights), "--threshold", "1.5"])

@@ -1,0 +1,69 @@
+"""Score PSPNet as a foreground segmenter: foreground IoU / mBA against the ground truth, beside the coarse masks.
+
+The coarse row is the data's own coarse mask (U2-Netp for DAVIS and human_seg), so the table compares the two
+segmenters on the same images. Takes the same selections as evaluate.py (a flat folder with ``--split``, or
+DAVIS sequences).
+
+    python scripts/evaluate_pspnet.py --davis ../shared/data/davis2016 --sequences libby,motocross-jump,paragliding-launch
+    python scripts/evaluate_pspnet.py ../shared/data/human_seg --split dev --flip --scales 0.75 1 1.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+import pspnet
+from cascadepsp.datasets import add_selection_arguments, selected_samples
+from cascadepsp.evaluation import evaluate_pairs, format_table, write_csv, write_summary_json
+
+METHOD = "pspnet"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_selection_arguments(p)
+    p.add_argument("--weights", default="default", help="PSPNet .safetensors or 'default'")
+    p.add_argument("--device", default=None)
+    p.add_argument("--base-size", type=int, default=None, help="long side to predict at (default: the model's)")
+    p.add_argument("--crop", type=int, default=None, help="sliding-window size (default: the model's)")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored prediction")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale test (x base size)")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--out-csv", default=None, help="write per-image metrics here")
+    p.add_argument("--out-json", default=None, help="write the summary and the command here")
+    args = p.parse_args(argv)
+    if not (args.davis or args.dir):
+        p.error("give a folder or --davis")
+    if not 0.0 < args.threshold < 1.0:
+        p.error(f"--threshold: expected a number in (0, 1), got {args.threshold}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = pspnet.load(args.weights)
+    if args.device:
+        model = model.to(args.device)
+    if model.config.classes > 2:
+        p.error(f"--weights: a foreground PSPNet has 1 or 2 classes, this one has {model.config.classes}")
+
+    def segment(image: np.ndarray, _coarse: np.ndarray) -> np.ndarray:
+        prob, _ = pspnet.predict(image, model, base_size=args.base_size, crop=args.crop, flip=args.flip,
+                                 scales=args.scales)
+        return prob >= args.threshold
+
+    results = evaluate_pairs(selected_samples(args), {METHOD: segment}, limit=args.limit,
+                             progress=sys.stderr.isatty())
+    print(format_table(results))
+    if args.out_csv:
+        print(f"per-image CSV: {write_csv(results, args.out_csv)}")
+    if args.out_json:
+        print(f"summary JSON: {write_summary_json(results, args.out_json, command=' '.join(sys.argv))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
