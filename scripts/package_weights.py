@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Package a trained refiner for shipping: fp16 safetensors with its training metadata plus the command that
-trained it, its training log's path and the evaluation summaries that scored it (from evaluate.py --out-json).
+"""Package a trained refiner or PSPNet for shipping: fp16 safetensors with its training metadata plus the command
+that trained it, its training log's path and the evaluation summaries that scored it (``--out-json`` of
+evaluate.py / evaluate_pspnet.py). For a PSPNet, ``--base-size`` / ``--crop`` set the prediction geometry stored
+with it (chosen on the dev part with evaluate_pspnet.py).
 
     python scripts/package_weights.py runs/lite0_long/model_best.safetensors \\
         cascadepsp/weights/cascadepsp_lite0_guided.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
         --log training/lite0_long_log.csv --eval davis_u2netp=runs/eval/davis_u2netp.json ...
+    python scripts/package_weights.py runs/psp/final.safetensors pspnet/weights/pspnet_fg.safetensors --base-size 576
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+import pspnet
 from cascadepsp.checkpoint import read_metadata
 from cascadepsp.weights import load_safetensors_model, save_model
 
@@ -23,16 +27,21 @@ _OWN_KEYS = {"format", "config", "created"}
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("src", help="a trained refiner .safetensors (e.g. a run's model_best.safetensors)")
+    p.add_argument("src", help="a trained refiner or PSPNet .safetensors (e.g. a run's model_best.safetensors)")
     p.add_argument("dst", help="where to write the packaged fp16 file")
     p.add_argument("--train-command", default="", help="the command line that trained it")
     p.add_argument("--log", default="", help="path of the run's training log in the repository")
     p.add_argument("--eval", nargs="*", default=[], metavar="NAME=JSON",
                    help="evaluation summaries (evaluate.py --out-json) to record under their names")
     p.add_argument("--note", default="", help="a free-text note (e.g. how the file was chosen)")
+    p.add_argument("--base-size", type=int, default=None, help="PSPNet only: long side to predict at")
+    p.add_argument("--crop", type=int, default=None, help="PSPNet only: sliding-window size")
     a = p.parse_args(argv)
-    model, _ = load_safetensors_model(a.src)
-    meta = {k: v for k, v in read_metadata(a.src).items() if k not in _OWN_KEYS}
+    source_meta = read_metadata(a.src)
+    is_pspnet = source_meta.get("format") == pspnet.MODEL_FORMAT
+    if not is_pspnet and (a.base_size or a.crop):
+        p.error("--base-size / --crop apply to PSPNet weights only")
+    meta = {k: v for k, v in source_meta.items() if k not in _OWN_KEYS}
     evaluation = {}
     for item in a.eval:
         name, sep, path = item.partition("=")
@@ -43,7 +52,17 @@ def main(argv: list[str] | None = None) -> int:
                                    ("note", a.note)) if v})
     if evaluation:
         meta["evaluation"] = json.dumps(evaluation, sort_keys=True)
-    out = save_model(model, a.dst, metadata=meta, half=True)
+    if is_pspnet:
+        model = pspnet.load(a.src)
+        geometry = {k: v for k, v in (("base_size", a.base_size), ("crop_size", a.crop)) if v is not None}
+        try:
+            model.config = model.config.replace(**geometry)
+        except ValueError as e:
+            p.error(str(e))
+        out = pspnet.save(model, a.dst, metadata=meta, half=True)
+    else:
+        model, _ = load_safetensors_model(a.src)
+        out = save_model(model, a.dst, metadata=meta, half=True)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB)")
     return 0
 
