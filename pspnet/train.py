@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,38 +336,43 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
                                                   "val_images": len(val_samples)}, indent=1, default=str).encode())
     bar = tqdm(total=cfg.iters, initial=step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
     model.train()
-    while step < cfg.iters:
-        if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
-            stopped_early = True
-            break
-        if cfg.max_minutes is not None and time.monotonic() - start > 60.0 * cfg.max_minutes:
-            stopped_early = True
-            break
-        lr = set_poly_lr(optimizer, cfg, step)
-        images, target = next(batches)
-        images = images.to(device, non_blocking=True)
-        target = target.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            outputs = model(images)
-        loss, parts = segmentation_loss(outputs, target, cfg.aux_weight)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        record = {"step": step, "lr": lr, "loss": loss_value, **parts}
-        history.append(record)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-        log.write({"time_s": round(time.monotonic() - start, 2), **record})
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
-        if cfg.val_every and step % cfg.val_every == 0 and val_samples:
-            validate()
-            model.train()
-    bar.close()
+    try:
+        while step < cfg.iters:
+            if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
+                stopped_early = True
+                break
+            if cfg.max_minutes is not None and time.monotonic() - start > 60.0 * cfg.max_minutes:
+                stopped_early = True
+                break
+            lr = set_poly_lr(optimizer, cfg, step)
+            images, target = next(batches)
+            images = images.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                outputs = model(images)
+            loss, parts = segmentation_loss(outputs, target, cfg.aux_weight)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            record = {"step": step, "lr": lr, "loss": loss_value, **parts}
+            history.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+            log.write({"time_s": round(time.monotonic() - start, 2), **record})
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
+            if cfg.val_every and step % cfg.val_every == 0 and val_samples:
+                validate()
+                model.train()
+    except KeyboardInterrupt:  # Ctrl-C: keep what was learned, like --max-minutes
+        stopped_early = True
+        warnings.warn(f"interrupted at step {step}; saving a checkpoint", stacklevel=2)
+    finally:
+        bar.close()
     finished = step >= cfg.iters
     if finished and cfg.val_at_end and val_samples and not (validations and validations[-1]["step"] == step):
         validate()

@@ -341,6 +341,28 @@ def test_resume_continues_at_the_same_step_with_the_same_lr(shapes_root, tmp_pat
     assert fresh.step == 8 and fresh.history == []  # already finished: nothing more to do
 
 
+def test_ctrl_c_saves_a_checkpoint_and_weights_at_the_step_reached(shapes_root, tmp_path, monkeypatch):
+    import pspnet.train as train_module
+
+    real_loss, calls = train_module.segmentation_loss, []
+
+    def interrupted_at_the_fourth_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "segmentation_loss", interrupted_at_the_fourth_step)
+    common = dict(data=(str(shapes_root),), out_dir=str(tmp_path / "r"), iters=8, checkpoint_every=0,
+                  val_at_end=False, seed=3, **TINY)
+    with pytest.warns(UserWarning, match="interrupted at step 3"):
+        result = train(PSPNetTrainConfig(**common))
+    assert result.stopped_early and result.step == 3 and result.weights.name == "step_3.safetensors"
+    monkeypatch.setattr(train_module, "segmentation_loss", real_loss)
+    resumed = train(PSPNetTrainConfig(**common))
+    assert resumed.history[0]["step"] == 4 and resumed.step == 8
+
+
 def test_resume_rejects_a_checkpoint_of_another_architecture(shapes_root, tmp_path):
     common = dict(data=(str(shapes_root),), out_dir=str(tmp_path / "r"), iters=4, checkpoint_every=0,
                   val_at_end=False, **TINY)
