@@ -28,7 +28,7 @@ from .datasets import Sample, select_samples
 from .metrics import SegMetrics
 
 __all__ = ["COARSE", "REFINER", "EvalResults", "Sample", "build_methods", "davis_triplets", "evaluate_pairs",
-           "find_triplets", "format_table", "load_sample", "match_folders", "save_figure", "select_samples",
+           "find_triplets", "format_table", "load_sample", "match_folders", "report", "save_figure", "select_samples",
            "write_csv", "write_summary_json"]
 
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -243,6 +243,16 @@ def write_summary_json(results: EvalResults, path: str | os.PathLike, command: s
     """The per-method summaries (dataset IoU, mBA, mean time, counts) and the command that made them, as JSON."""
     doc = {"command": command, "methods": results.methods, "summary": results.summary}
     return imageio.write_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode())
+
+
+def report(results: EvalResults, out_csv: str | os.PathLike | None = None,
+           out_json: str | os.PathLike | None = None, command: str = "") -> None:
+    """Print the table and write the optional per-image CSV and summary JSON (the evaluation scripts' output)."""
+    print(format_table(results))
+    if out_csv:
+        print(f"per-image CSV: {write_csv(results, out_csv)}")
+    if out_json:
+        print(f"summary JSON: {write_summary_json(results, out_json, command=command)}")
 
 
 def save_figure(results: EvalResults, path: str | os.PathLike, max_side: int = 480) -> Path:

@@ -16,12 +16,10 @@ from cascadepsp.evaluation import (
     REFINER,
     build_methods,
     evaluate_pairs,
-    format_table,
     match_folders,
+    report,
     save_figure,
     select_samples,
-    write_csv,
-    write_summary_json,
 )
 
 
@@ -73,11 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [REFINER, *args.baselines.split(",")]
     methods = build_methods(names, weights=args.weights, device=args.device, fast=args.fast, L=args.L)
     results = evaluate_pairs(samples, methods, limit=args.limit, progress=sys.stderr.isatty())
-    print(format_table(results))
-    if args.out_csv:
-        print(f"per-image CSV: {write_csv(results, args.out_csv)}")
-    if args.out_json:
-        print(f"summary JSON: {write_summary_json(results, args.out_json, command=' '.join(sys.argv))}")
+    report(results, args.out_csv, args.out_json, command=" ".join(sys.argv))
     if args.figure:
         print(f"figure ({results.figure_method} vs {COARSE}): {save_figure(results, args.figure)}")
     return 0

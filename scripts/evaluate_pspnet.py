@@ -18,7 +18,7 @@ import torch
 
 import pspnet
 from cascadepsp.datasets import add_selection_arguments, selected_samples
-from cascadepsp.evaluation import evaluate_pairs, format_table, write_csv, write_summary_json
+from cascadepsp.evaluation import evaluate_pairs, report
 
 METHOD = "pspnet"
 
@@ -57,11 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = evaluate_pairs(selected_samples(args), {METHOD: segment}, limit=args.limit,
                              progress=sys.stderr.isatty())
-    print(format_table(results))
-    if args.out_csv:
-        print(f"per-image CSV: {write_csv(results, args.out_csv)}")
-    if args.out_json:
-        print(f"summary JSON: {write_summary_json(results, args.out_json, command=' '.join(sys.argv))}")
+    report(results, args.out_csv, args.out_json, command=" ".join(sys.argv))
     return 0
 
 
