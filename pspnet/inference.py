@@ -81,6 +81,20 @@ def sliding_window_probs(model: PSPNet, x: Tensor, crop: int, stride: int, flip:
     return (total / count)[:, :h, :w]
 
 
+def _positive_scales(scales: Any) -> list[float]:
+    """``scales`` as a non-empty list of finite positive floats (a single number is one scale)."""
+    items = [scales] if isinstance(scales, (int, float)) and not isinstance(scales, bool) else scales
+    try:
+        if isinstance(items, (str, bytes)):
+            raise TypeError
+        values = [float(s) for s in items]
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"scales: expected one or more positive numbers, got {scales!r}")
+    return values
+
+
 def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop: int | None = None,
             stride: int | None = None, base_size: int | None = None, flip: bool = False,
             scales: Sequence[float] = (1.0,), device: str | torch.device | None = None,
@@ -104,9 +118,7 @@ def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop
     stride = int(stride) if stride is not None else max(1, int(math.ceil(crop * 2 / 3)))
     if not 1 <= stride <= crop:
         raise ValueError(f"stride: expected an integer in [1, crop={crop}], got {stride!r}")
-    scales = [float(s) for s in scales]
-    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
-        raise ValueError(f"scales: expected one or more positive numbers, got {scales!r}")
+    scales = _positive_scales(scales)
     rgb = to_rgb_uint8(image, bgr=bgr)
     if device is not None:
         net = net.to(device)

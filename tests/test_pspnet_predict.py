@@ -110,7 +110,9 @@ def test_multiscale_prediction_is_the_mean_of_the_single_scales(model):
     multi, mask = pspnet.predict(image, model, scales=[0.75, 1.25])
     assert np.allclose(multi, np.mean(singles, axis=0), atol=1e-5)
     assert np.array_equal(mask == 1, multi >= 0.5) or np.mean((mask == 1) != (multi >= 0.5)) < 1e-3
-    for bad in ([], [0.0], [1.0, -1.0], [float("nan")]):
+    single, _ = pspnet.predict(image, model, scales=1.25)  # one number is one scale
+    assert np.allclose(single, singles[1], atol=1e-5)
+    for bad in ([], [0.0], [1.0, -1.0], [float("nan")], "1.0", ["x"], None, True):
         with pytest.raises(ValueError, match="scales"):
             pspnet.predict(image, model, scales=bad)
 
