@@ -85,9 +85,7 @@ def _positive_scales(scales: Any) -> list[float]:
     """``scales`` as a non-empty list of finite positive floats (a single number is one scale)."""
     items = [scales] if isinstance(scales, (int, float)) and not isinstance(scales, bool) else scales
     try:
-        if isinstance(items, (str, bytes)):
-            raise TypeError
-        values = [float(s) for s in items]
+        values = [] if isinstance(items, (str, bytes)) else [float(s) for s in items]
     except (TypeError, ValueError):
         values = []
     if not values or not all(math.isfinite(s) and s > 0 for s in values):

@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import torch
 
-import pspnet
 from cascadepsp.datasets import add_selection_arguments, selected_samples
 from cascadepsp.evaluation import evaluate_pairs, report
+from pspnet import PSPNetSegmenter
 
 METHOD = "pspnet"
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_selection_arguments(p)
     p.add_argument("--weights", default="default", help="PSPNet .safetensors or 'default'")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
     p.add_argument("--base-size", type=int, default=None, help="long side to predict at (default: the model's)")
     p.add_argument("--crop", type=int, default=None, help="sliding-window size (default: the model's)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored prediction")
@@ -44,16 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--threshold: expected a number in (0, 1), got {args.threshold}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = pspnet.load(args.weights)
-    if args.device:
-        model = model.to(args.device)
-    if model.config.classes > 2:
-        p.error(f"--weights: a foreground PSPNet has 1 or 2 classes, this one has {model.config.classes}")
+    try:
+        segmenter = PSPNetSegmenter(args.weights, device=args.device, base_size=args.base_size, crop=args.crop,
+                                    flip=args.flip, scales=args.scales)
+    except ValueError as e:  # e.g. a PSPNet with more than two classes
+        p.error(f"--weights: {e}")
 
     def segment(image: np.ndarray, _coarse: np.ndarray) -> np.ndarray:
-        prob, _ = pspnet.predict(image, model, base_size=args.base_size, crop=args.crop, flip=args.flip,
-                                 scales=args.scales)
-        return prob >= args.threshold
+        return segmenter.predict(image) >= args.threshold
 
     results = evaluate_pairs(selected_samples(args), {METHOD: segment}, limit=args.limit,
                              progress=sys.stderr.isatty())

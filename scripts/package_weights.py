@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     source_meta = read_metadata(a.src)
     is_pspnet = source_meta.get("format") == pspnet.MODEL_FORMAT
-    if not is_pspnet and (a.base_size or a.crop):
+    if not is_pspnet and (a.base_size is not None or a.crop is not None):
         p.error("--base-size / --crop apply to PSPNet weights only")
     meta = {k: v for k, v in source_meta.items() if k not in _OWN_KEYS}
     evaluation = {}
