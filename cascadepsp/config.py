@@ -42,6 +42,11 @@ class RMConfig:
     # > 0: the OS1 output goes through a trainable colour guided filter of this radius (px) with a learned
     # per-pixel gate (cascadepsp.guided.GuidedOutput). 0 = the original output.
     guided_radius: int = 0
+    # Inference recipe of the weights: the local step refines a window only when the foreground share of the
+    # binarised global result inside it is within this band and the window holds both classes. The
+    # original's (0.1, 0.9) skips windows with a small object in them; (0.0, 1.0) refines every window
+    # that holds a boundary.
+    local_fg_band: tuple[float, float] = (0.1, 0.9)
 
     def __post_init__(self) -> None:
         known = sorted([*BACKBONE_BLOCKS, *ENCODER_BACKBONES])
@@ -53,6 +58,8 @@ class RMConfig:
             raise ValueError(f"residual must be >= 0, got {self.residual}")
         if self.guided_radius < 0:
             raise ValueError(f"guided_radius must be >= 0, got {self.guided_radius}")
+        if len(self.local_fg_band) != 2 or not 0.0 <= self.local_fg_band[0] <= self.local_fg_band[1] <= 1.0:
+            raise ValueError(f"local_fg_band must be (low, high) with 0 <= low <= high <= 1, got {self.local_fg_band}")
 
     @property
     def is_encoder(self) -> bool:
@@ -110,7 +117,7 @@ class RMConfig:
         if unknown:
             raise ValueError(f"unknown RMConfig fields: {sorted(unknown)}")
         kw = dict(d)
-        for key in ("psp_sizes", "up_channels"):
+        for key in ("psp_sizes", "up_channels", "local_fg_band"):
             if key in kw:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
@@ -129,10 +136,11 @@ PRESETS: dict[str, RMConfig] = {
     # ImageNet EfficientNet-Lite0 trunk (OS16, upsampled to OS8), narrow decoder, residual output: the
     # network trained on the project's CPU and shipped as the bundled default.
     "lite0": RMConfig(backbone="efficientnet_lite0", encoder_output_stride=16, psp_out=128,
-                      up_channels=(64, 32, 16), head_hidden=16, residual=4.0),
+                      up_channels=(64, 32, 16), head_hidden=16, residual=4.0, local_fg_band=(0.0, 1.0)),
     # `lite0` with a trainable guided-filter output stage (radius 4 px, learned gate).
     "lite0_guided": RMConfig(backbone="efficientnet_lite0", encoder_output_stride=16, psp_out=128,
-                             up_channels=(64, 32, 16), head_hidden=16, residual=4.0, guided_radius=4),
+                             up_channels=(64, 32, 16), head_hidden=16, residual=4.0, guided_radius=4,
+                             local_fg_band=(0.0, 1.0)),
 }
 
 

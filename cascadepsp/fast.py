@@ -22,6 +22,7 @@ from .inference import (
     IMAGENET_STD,
     Window,
     iter_windows_to_refine,
+    local_band,
     normalise_u8,
     resize_max_side,
     safe_forward,
@@ -148,7 +149,7 @@ class FastRunner:
         count = torch.zeros(h, w, dtype=torch.uint8, device=self.device)
         pending: list[tuple[Window, Tensor, Tensor]] = []
         batch = self._batch_size(min(L, h), min(L, w))  # every window has this size
-        for win in iter_windows_to_refine(binary_full, L):
+        for win in iter_windows_to_refine(binary_full, L, local_band(self.model)):
             binary = binary_full[win.y0:win.y1, win.x0:win.x1]
             soft4 = bilinear_crop(p56, h, w, win.y0, win.y1, win.x0, win.x1) * 2 - 1
             pending.append((win, binary.float() * 2 - 1, soft4))

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WINDOW_PADDING = 16  # pixels trimmed from each inner side of a refined window
-LOW_FG, HIGH_FG = 0.1, 0.9  # windows whose foreground share is outside [LOW_FG, HIGH_FG] are skipped
+LOW_FG, HIGH_FG = 0.1, 0.9  # the original: windows whose foreground share is outside [LOW_FG, HIGH_FG] are skipped
+ORIGINAL_BAND = (LOW_FG, HIGH_FG)
 
 
 def normalise_u8(image_u8: Tensor) -> Tensor:
@@ -143,9 +144,17 @@ def window_grid(h: int, w: int, L: int = 900, pad: int = WINDOW_PADDING) -> list
     return windows
 
 
-def needs_refinement(fg_share: float) -> bool:
-    """A window is refined only when its foreground share is within [0.1, 0.9] (i.e. it holds a boundary)."""
-    return not (fg_share > HIGH_FG or fg_share < LOW_FG)
+def needs_refinement(fg_share: float, band: tuple[float, float] = ORIGINAL_BAND) -> bool:
+    """A window is refined only when its foreground share is within ``band`` (the original: [0.1, 0.9]) and it
+    holds both classes (a boundary)."""
+    return band[0] <= fg_share <= band[1] and 0.0 < fg_share < 1.0
+
+
+def local_band(model: nn.Module) -> tuple[float, float]:
+    """The foreground-share band of the local step stored with the weights (``RMConfig.local_fg_band``);
+    the original's for a model without a config."""
+    config = getattr(model, "config", None)
+    return tuple(getattr(config, "local_fg_band", ORIGINAL_BAND))
 
 
 def global_step(model: nn.Module, im: Tensor, seg: Tensor, L: int) -> tuple[Tensor, Tensor]:
@@ -158,23 +167,25 @@ def global_step(model: nn.Module, im: Tensor, seg: Tensor, L: int) -> tuple[Tens
     return binary, soft4
 
 
-def iter_windows_to_refine(binary: Tensor, L: int) -> Iterator[Window]:
+def iter_windows_to_refine(binary: Tensor, L: int, band: tuple[float, float] = ORIGINAL_BAND
+                           ) -> Iterator[Window]:
     """Windows of the grid that contain a boundary of the binarised global result (foreground: ``> 0``;
-    a {-1, 1} float map or a bool map)."""
+    a {-1, 1} float map or a bool map), with a foreground share within ``band``."""
     h, w = binary.shape[-2:]
     for win in window_grid(h, w, L):
         share = (binary[..., win.y0:win.y1, win.x0:win.x1] > 0).float().mean().item()
-        if needs_refinement(share):
+        if needs_refinement(share, band):
             yield win
 
 
 def refine_reference(model: nn.Module, im: Tensor, seg: Tensor, L: int = 900) -> Tensor:
-    """Full global + local refinement, one window at a time in fp32 (the faithful path)."""
+    """Full global + local refinement, one window at a time in fp32 (the faithful path; the local step's
+    window band is the model's own, :func:`local_band`)."""
     h, w = im.shape[-2:]
     binary, soft4 = global_step(model, im, seg, L)
     total = torch.zeros_like(binary)
     count = torch.zeros_like(binary)
-    for win in iter_windows_to_refine(binary, L):
+    for win in iter_windows_to_refine(binary, L, local_band(model)):
         crop = (..., slice(win.y0, win.y1), slice(win.x0, win.x1))
         pred = safe_forward(model, im[crop], binary[crop], soft4[crop], keys=("pred_224",))["pred_224"]
         iy, ix, py, px = win.kept(h, w)

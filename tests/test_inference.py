@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from cascadepsp import Refiner
+from cascadepsp.config import RMConfig
 from cascadepsp.inference import (
     global_step,
     iter_windows_to_refine,
+    local_band,
     needs_refinement,
     refine_reference,
     refine_single_pass,
@@ -55,6 +57,39 @@ def test_trim_only_on_inner_sides():
                                             (0.9, True), (0.91, False), (1.0, False)])
 def test_skip_rule(share, expected):
     assert needs_refinement(share) is expected
+
+
+@pytest.mark.parametrize("share,expected", [(0.0, False), (0.001, True), (0.09, True), (0.999, True), (1.0, False)])
+def test_skip_rule_of_the_any_boundary_band(share, expected):
+    assert needs_refinement(share, (0.0, 1.0)) is expected
+
+
+def test_reference_local_step_follows_the_models_band():
+    h, w, L = 200, 200, 200  # one window; the object covers 4 % of it: the original band skips the window
+    seg = -torch.ones(1, 1, h, w)
+    seg[..., 80:120, 80:120] = 1
+    im = torch.zeros(1, 3, h, w)
+    original = _Scripted()
+    assert torch.equal(refine_reference(original, im, seg, L=L), (seg > 0).float())
+    assert original.local_calls == 0
+    boundary = _Scripted()
+    boundary.config = RMConfig(local_fg_band=(0.0, 1.0))
+    out = refine_reference(boundary, im, seg, L=L)
+    assert boundary.local_calls == 1 and torch.allclose(out, torch.tensor(0.25))
+    assert local_band(boundary) == (0.0, 1.0) and local_band(original) == (0.1, 0.9)
+
+
+@pytest.mark.parametrize("engine", ["reference", "batched"])
+def test_refiner_engines_follow_the_models_band(engine):
+    image = np.zeros((200, 200, 3), np.uint8)
+    mask = np.zeros((200, 200), bool)
+    mask[80:120, 80:120] = True  # 4 % of the one window
+    model = _Scripted()
+    skipped = Refiner(device="cpu", weights=model, engine=engine).refine_probability(image, mask, L=200)
+    assert np.array_equal(skipped, mask.astype(np.float32))
+    model.config = RMConfig(local_fg_band=(0.0, 1.0))
+    refined = Refiner(device="cpu", weights=model, engine=engine).refine_probability(image, mask, L=200)
+    assert np.allclose(refined, 0.25, atol=1e-3)
 
 
 def test_only_boundary_windows_are_selected():

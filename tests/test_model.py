@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from official_keys import official_shapes
 
 import cascadepsp
+from cascadepsp.config import RMConfig
 from cascadepsp.inference import safe_forward
 
 PASS1 = {"out_28", "pred_28"}
@@ -112,3 +115,15 @@ def test_safe_forward_pads_like_original(h, w, ph, pw):
         assert x[..., h:, :].abs().sum() == 0 and x[..., :, w:].abs().sum() == 0  # image padded with 0
         assert (s[..., h:, :] == -1).all() and (s[..., :, w:] == -1).all()  # masks padded with -1
         assert (s8[..., h:, :] == -1).all()
+
+
+def test_local_fg_band_round_trips_and_is_checked():
+    cfg = cascadepsp.get_config("lite0_guided")
+    assert cfg.local_fg_band == (0.0, 1.0) and cascadepsp.get_config("resnet50").local_fg_band == (0.1, 0.9)
+    back = RMConfig.from_dict(json.loads(cfg.to_json()))
+    assert back == cfg and isinstance(back.local_fg_band, tuple)
+    old_file = {k: v for k, v in cfg.to_dict().items() if k != "local_fg_band"}  # written before the field
+    assert RMConfig.from_dict(old_file).local_fg_band == (0.1, 0.9)
+    for bad in [(0.5, 0.4), (-0.1, 0.9), (0.1, 1.5), (0.1,)]:
+        with pytest.raises(ValueError, match="local_fg_band"):
+            RMConfig(local_fg_band=bad)
