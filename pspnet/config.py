@@ -13,7 +13,8 @@ class PSPNetConfig:
     """Every choice that shapes a :class:`pspnet.PSPNet`, plus the geometry it was trained at.
 
     ``crop_size`` / ``base_size`` are not architecture: they record the training crop and the long side
-    images were normalised to, so :func:`pspnet.predict` can reuse them by default.
+    images were normalised to, so :func:`pspnet.predict` can reuse them by default. ``threshold`` is the
+    foreground probability at which a 1- or 2-class model's mask is cut (chosen on held-back data).
     """
 
     encoder_name: str = "resnet50"
@@ -28,6 +29,7 @@ class PSPNetConfig:
     aux_weight: float = 0.4
     crop_size: int = 320
     base_size: int = 512
+    threshold: float = 0.5
 
     def __post_init__(self) -> None:
         _check_int("classes", self.classes, 1)
@@ -46,6 +48,7 @@ class PSPNetConfig:
         object.__setattr__(self, "ppm_bins", bins)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        check_threshold(self.threshold)
         if float(self.aux_weight) < 0.0:
             raise ValueError(f"aux_weight: expected a value >= 0, got {self.aux_weight!r}")
 
@@ -68,6 +71,13 @@ class PSPNetConfig:
 
     def replace(self, **changes: Any) -> PSPNetConfig:
         return dataclasses.replace(self, **changes)
+
+
+def check_threshold(threshold: Any) -> float:
+    """A foreground probability threshold strictly inside (0, 1), else a one-line ValueError."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold: expected a foreground probability in (0, 1), got {threshold!r}")
+    return float(threshold)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor
 from cascadepsp.inputs import to_rgb_uint8
 
 from .augment import long_side_size, normalize
+from .config import check_threshold
 from .model import PSPNet
 from .weights import load
 
@@ -96,12 +97,13 @@ def _positive_scales(scales: Any) -> list[float]:
 def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop: int | None = None,
             stride: int | None = None, base_size: int | None = None, flip: bool = False,
             scales: Sequence[float] = (1.0,), device: str | torch.device | None = None,
-            bgr: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            bgr: bool = False, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Segment ``image``; returns ``(prob, mask)`` at the input resolution.
 
     ``prob``: float32 HxW foreground (class 1) probability for a two-class (or one-logit) model, else the
-    CxHxW class probabilities. ``mask``: HxW uint8 class ids (0/1 for foreground models).
-    ``crop``/``base_size`` default to the values stored with the model; ``stride`` to 2/3 of the crop.
+    CxHxW class probabilities. ``mask``: HxW uint8 class ids (foreground models: 1 where ``prob >=
+    threshold``; more classes: the argmax). ``crop``/``base_size``/``threshold`` default to the values stored
+    with the model; ``stride`` to 2/3 of the crop.
     ``scales``: multi-scale testing as in the paper, probabilities averaged over long sides ``base_size x s``
     (with ``flip``, each scale is also run mirrored).
     ``model=None`` uses the bundled default weights; ``device=None`` keeps the model where it is.
@@ -117,6 +119,7 @@ def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop
     if not 1 <= stride <= crop:
         raise ValueError(f"stride: expected an integer in [1, crop={crop}], got {stride!r}")
     scales = _positive_scales(scales)
+    threshold = check_threshold(threshold if threshold is not None else net.config.threshold)
     rgb = to_rgb_uint8(image, bgr=bgr)
     if device is not None:
         net = net.to(device)
@@ -132,12 +135,12 @@ def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop
         p = F.interpolate(p[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         probs = p if probs is None else probs + p
     probs = (probs / len(scales)).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
-    if probs.shape[0] == 1:
-        prob = probs[0]
-        return prob, (prob >= 0.5).astype(np.uint8)
+    if probs.shape[0] <= 2:
+        prob = probs[-1]
+        return prob, (prob >= threshold).astype(np.uint8)
     labels = probs.argmax(axis=0)
     mask = labels.astype(np.uint8 if probs.shape[0] <= 256 else np.int32)
-    return (probs[1] if probs.shape[0] == 2 else probs), mask
+    return probs, mask
 
 
 class PSPNetSegmenter:
@@ -155,3 +158,7 @@ class PSPNetSegmenter:
 
     def predict(self, image: Any, bgr: bool = False) -> np.ndarray:
         return predict(image, self.model, bgr=bgr, **self.predict_kwargs)[0]
+
+    def predict_mask(self, image: Any, bgr: bool = False) -> np.ndarray:
+        """Binary HxW bool mask, cut at the model's stored threshold (or the ``threshold`` given at creation)."""
+        return predict(image, self.model, bgr=bgr, **self.predict_kwargs)[1] > 0

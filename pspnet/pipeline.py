@@ -25,8 +25,10 @@ OUTPUT_SUFFIXES = ("_coarse.png", "_refined.png", "_side_by_side.png")
 SEGMENTERS = ("pspnet", "u2netp")
 
 
-class Segmenter(Protocol):
+class Segmenter(Protocol):  # PSPNetSegmenter, cascadepsp.segmenters.U2NetP
     def predict(self, image: Any, bgr: bool = False) -> np.ndarray: ...
+
+    def predict_mask(self, image: Any) -> np.ndarray: ...  # HxW bool, cut at the segmenter's own threshold
 
 
 class MaskRefiner(Protocol):  # cascadepsp.Refiner
@@ -136,7 +138,7 @@ def process_image(path: Path, out_dir: Path, segmenter: Segmenter, refiner: Mask
     if clash:
         raise ValueError(f"output {clash[0]} would overwrite an input file")
     image, _ = read_rgb(path)
-    coarse = segmenter.predict(image) >= 0.5
+    coarse = segmenter.predict_mask(image)
     refined = refiner.refine(image, coarse, fast=fast, L=L)
     refined_fg = refined >= 128
     coarse_png = np.where(coarse, 255, 0).astype(np.uint8)

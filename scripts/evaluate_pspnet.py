@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=None, help="sliding-window size (default: the model's)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored prediction")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale test (x base size)")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="foreground probability threshold (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--out-csv", default=None, help="write per-image metrics here")
@@ -40,18 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not (args.davis or args.dir):
         p.error("give a folder or --davis")
-    if not 0.0 < args.threshold < 1.0:
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         p.error(f"--threshold: expected a number in (0, 1), got {args.threshold}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         segmenter = PSPNetSegmenter(args.weights, device=args.device, base_size=args.base_size, crop=args.crop,
-                                    flip=args.flip, scales=args.scales)
+                                    flip=args.flip, scales=args.scales, threshold=args.threshold)
     except ValueError as e:  # e.g. a PSPNet with more than two classes
         p.error(f"--weights: {e}")
 
     def segment(image: np.ndarray, _coarse: np.ndarray) -> np.ndarray:
-        return segmenter.predict(image) >= args.threshold
+        return segmenter.predict_mask(image)
 
     results = evaluate_pairs(selected_samples(args), {METHOD: segment}, limit=args.limit,
                              progress=sys.stderr.isatty())

@@ -2,7 +2,7 @@
 """Package a trained refiner or PSPNet for shipping: fp16 safetensors with its training metadata plus the command
 that trained it, its training log's path and the evaluation summaries that scored it (``--out-json`` of
 evaluate.py / evaluate_pspnet.py). For a PSPNet, ``--base-size`` / ``--crop`` set the prediction geometry stored
-with it (chosen on the dev part with evaluate_pspnet.py).
+with it and ``--threshold`` its foreground probability threshold (chosen on the dev part with evaluate_pspnet.py).
 
     python scripts/package_weights.py runs/lite0_long/model_best.safetensors \\
         cascadepsp/weights/cascadepsp_lite0_guided.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
@@ -36,11 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="", help="a free-text note (e.g. how the file was chosen)")
     p.add_argument("--base-size", type=int, default=None, help="PSPNet only: long side to predict at")
     p.add_argument("--crop", type=int, default=None, help="PSPNet only: sliding-window size")
+    p.add_argument("--threshold", type=float, default=None, help="PSPNet only: foreground probability threshold")
     a = p.parse_args(argv)
     source_meta = read_metadata(a.src)
     is_pspnet = source_meta.get("format") == pspnet.MODEL_FORMAT
-    if not is_pspnet and (a.base_size is not None or a.crop is not None):
-        p.error("--base-size / --crop apply to PSPNet weights only")
+    if not is_pspnet and (a.base_size is not None or a.crop is not None or a.threshold is not None):
+        p.error("--base-size / --crop / --threshold apply to PSPNet weights only")
     meta = {k: v for k, v in source_meta.items() if k not in _OWN_KEYS}
     evaluation = {}
     for item in a.eval:
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["evaluation"] = json.dumps(evaluation, sort_keys=True)
     if is_pspnet:
         model = pspnet.load(a.src)
-        geometry = {k: v for k, v in (("base_size", a.base_size), ("crop_size", a.crop)) if v is not None}
+        geometry = {k: v for k, v in (("base_size", a.base_size), ("crop_size", a.crop), ("threshold", a.threshold))
+                    if v is not None}
         try:
             model.config = model.config.replace(**geometry)
         except ValueError as e:

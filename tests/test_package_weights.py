@@ -58,18 +58,21 @@ def test_package_a_pspnet_with_its_prediction_geometry(tmp_path):
     src = pspnet.save(model, tmp_path / "final.safetensors", metadata={"step": 12})
     dst = tmp_path / "pspnet_fg.safetensors"
     assert _script("package_weights").main([str(src), str(dst), "--base-size", "96", "--crop", "80",
-                                            "--note", "chosen on dev"]) == 0
+                                            "--threshold", "0.35", "--note", "chosen on dev"]) == 0
     loaded, meta = pspnet.load_with_metadata(dst)
-    assert (loaded.config.base_size, loaded.config.crop_size) == (96, 80)
+    assert (loaded.config.base_size, loaded.config.crop_size, loaded.config.threshold) == (96, 80, 0.35)
     assert meta["note"] == "chosen on dev" and json.loads(meta["step"]) == 12
     for key, value in model.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(loaded.state_dict()[key], value, atol=2e-3, rtol=1e-3)
-    with pytest.raises(SystemExit):  # an impossible geometry is refused
-        _script("package_weights").main([str(src), str(tmp_path / "x.safetensors"), "--crop", "4"])
+    for bad in (["--crop", "4"], ["--threshold", "1.0"]):  # an impossible geometry or threshold is refused
+        with pytest.raises(SystemExit):
+            _script("package_weights").main([str(src), str(tmp_path / "x.safetensors"), *bad])
 
 
 def test_package_refuses_pspnet_options_for_a_refiner(tmp_path, small_model):
     src = cascadepsp.save_model(small_model, tmp_path / "best.safetensors")
     with pytest.raises(SystemExit):
         _script("package_weights").main([str(src), str(tmp_path / "o.safetensors"), "--base-size", "512"])
+    with pytest.raises(SystemExit):
+        _script("package_weights").main([str(src), str(tmp_path / "o.safetensors"), "--threshold", "0.4"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -152,6 +153,25 @@ def test_pspnet_segmenter_returns_foreground_probability(model):
     seg = PSPNetSegmenter(model, device="cpu")
     image = np.random.default_rng(2).integers(0, 256, (33, 44, 3), dtype=np.uint8)
     assert np.allclose(seg.predict(image), pspnet.predict(image, model)[0])
+    assert np.array_equal(seg.predict_mask(image), pspnet.predict(image, model)[1] == 1)
+
+
+def test_mask_is_cut_at_the_models_stored_threshold(model):
+    image = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    prob, _ = pspnet.predict(image, model)
+    cut = float(np.quantile(prob, 0.4))  # a threshold that splits this image's pixels 40 / 60
+    stored = copy.deepcopy(model)
+    stored.config = model.config.replace(threshold=cut)
+    _, mask = pspnet.predict(image, stored)
+    assert np.array_equal(mask == 1, prob >= cut) and 0.5 < mask.mean() < 0.7
+    assert np.array_equal(PSPNetSegmenter(stored).predict_mask(image), prob >= cut)
+    _, override = pspnet.predict(image, stored, threshold=0.99)  # an explicit threshold wins
+    assert np.array_equal(override == 1, prob >= 0.99)
+    for bad in (0.0, 1.0, 1.5, True, "0.4"):
+        with pytest.raises(ValueError, match="threshold"):
+            pspnet.predict(image, model, threshold=bad)
+        with pytest.raises(ValueError, match="threshold"):
+            model.config.replace(threshold=bad)
     with pytest.raises(ValueError, match="classes"):
         PSPNetSegmenter(pspnet.create("resnet18", classes=3, **SMALL))
 
@@ -184,6 +204,9 @@ class HalfSegmenter:
         prob = np.zeros(image.shape[:2], np.float32)
         prob[:, : image.shape[1] // 2] = 0.9
         return prob
+
+    def predict_mask(self, image):
+        return self.predict(image) >= 0.5
 
 
 def test_segment_and_refine_end_to_end_with_tiny_models(model, refiner, tmp_path):
