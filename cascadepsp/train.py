@@ -406,6 +406,7 @@ class Trainer:
             return
         self._tb = SummaryWriter(str(self.out_dir / "tb"))
 
+    @runfiles.stop_signals_interrupt()  # kill PID stops like Ctrl-C: checkpoint kept
     def run(self, max_steps: int | None = None, max_minutes: float | None = None) -> dict[str, Any]:
         """Train from the current step to ``cfg.iterations`` (or ``max_steps`` more steps, or until the time
         budget, counted from this Trainer's construction, would be exceeded), checkpointing, validating and

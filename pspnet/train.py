@@ -283,6 +283,7 @@ def warm_start(model: PSPNet, path: str | os.PathLike) -> None:
     model.load_state_dict(source.state_dict())
 
 
+@runfiles.stop_signals_interrupt()  # kill PID stops like Ctrl-C: checkpoint and step_N weights kept
 def train(cfg: PSPNetTrainConfig) -> TrainResult:
     """Train (or resume from ``out_dir/ckpt_last.pt``) until ``iters``, ``stop_at_step`` or ``max_minutes``."""
     out = Path(cfg.out_dir)
@@ -368,7 +369,7 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
             if cfg.val_every and step % cfg.val_every == 0 and val_samples:
                 validate()
                 model.train()
-    except KeyboardInterrupt:  # Ctrl-C: keep what was learned, like --max-minutes
+    except KeyboardInterrupt:  # Ctrl-C or kill: keep what was learned, like --max-minutes
         stopped_early = True
         warnings.warn(f"interrupted at step {step}; saving a checkpoint", stacklevel=2)
     finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import cv2
 import numpy as np
 import pytest
@@ -361,6 +364,27 @@ def test_ctrl_c_saves_a_checkpoint_and_weights_at_the_step_reached(shapes_root, 
     monkeypatch.setattr(train_module, "segmentation_loss", real_loss)
     resumed = train(PSPNetTrainConfig(**common))
     assert resumed.history[0]["step"] == 4 and resumed.step == 8
+
+
+def test_kill_saves_a_checkpoint_and_weights_like_ctrl_c(shapes_root, tmp_path, monkeypatch):
+    import pspnet.train as train_module
+
+    real_loss, calls = train_module.segmentation_loss, []
+
+    def killed_at_the_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `kill PID` sends a background run
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "segmentation_loss", killed_at_the_third_step)
+    before = signal.getsignal(signal.SIGTERM)
+    common = dict(data=(str(shapes_root),), out_dir=str(tmp_path / "r"), iters=8, checkpoint_every=0,
+                  val_at_end=False, seed=3, **TINY)
+    with pytest.warns(UserWarning, match="interrupted at step 2"):
+        result = train(PSPNetTrainConfig(**common))
+    assert result.stopped_early and result.step == 2 and result.weights.name == "step_2.safetensors"
+    assert result.checkpoint.is_file() and signal.getsignal(signal.SIGTERM) == before  # handler restored
 
 
 def test_resume_rejects_a_checkpoint_of_another_architecture(shapes_root, tmp_path):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import pytest
 import torch
 
@@ -43,3 +48,23 @@ def test_check_resume_refuses_data_order_changes_and_warns_on_the_rest():
         runfiles.check_resume(saved, {**saved, "augment": {"crop_size": 320}}, ["seed", "crop_size"], ["lr"])
     with pytest.warns(UserWarning, match="lr changed from 0.1 to 0.2"):
         runfiles.check_resume(saved, {**saved, "lr": 0.2}, ["seed", "crop_size"], ["lr"])
+
+
+def test_stop_signals_interrupt_turns_kill_into_ctrl_c_and_restores_handlers():
+    before = {sig: signal.getsignal(sig) for sig in runfiles.STOP_SIGNALS}
+    for sig in runfiles.STOP_SIGNALS:
+        with pytest.raises(KeyboardInterrupt, match=signal.Signals(sig).name):
+            with runfiles.stop_signals_interrupt():
+                os.kill(os.getpid(), sig)
+                time.sleep(1)  # the handler runs at the next bytecode boundary; never reached
+        assert {s: signal.getsignal(s) for s in runfiles.STOP_SIGNALS} == before
+    seen = []
+
+    def off_main_thread():
+        with runfiles.stop_signals_interrupt():  # signal handlers can only be set on the main thread
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    worker = threading.Thread(target=off_main_thread)
+    worker.start()
+    worker.join()
+    assert seen == [before[signal.SIGTERM]]
