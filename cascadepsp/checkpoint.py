@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +109,31 @@ def load_state_tolerant(model: torch.nn.Module, state: Mapping[str, Tensor]) -> 
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = own[key]
     model.load_state_dict(state, strict=True)
+
+
+# Config entries that record how a file predicts, not its architecture: averaging may mix them (the last file's win).
+INFERENCE_CONFIG_KEYS = frozenset({"base_size", "crop_size", "threshold", "local_fg_band"})
+
+
+def average_weights(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, Tensor], dict[str, Any], str]:
+    """Mean of the floating tensors of several weight files of one architecture (e.g. checkpoints late in one
+    run, as in stochastic weight averaging; BN running statistics are averaged too, integer buffers come
+    from the last file). Returns ``(state_dict, config, format)``, the config being the last file's."""
+    if len(paths) < 2:
+        raise ValueError(f"paths: expected two or more weight files to average, got {len(paths)}")
+    state, config, meta = load_weights(paths[0])
+    fmt, sums = meta.get(FORMAT_KEY), dict(state)
+    for path in paths[1:]:
+        other, other_config, other_meta = load_weights(path)
+        if other_meta.get(FORMAT_KEY) != fmt:
+            raise ValueError(f"{path}: weights are for {other_meta.get(FORMAT_KEY)!r}, the first file's for {fmt!r}")
+        differ = sorted(k for k in set(config) | set(other_config)
+                        if config.get(k) != other_config.get(k) and k not in INFERENCE_CONFIG_KEYS)
+        shapes = {k: tuple(v.shape) for k, v in other.items()} != {k: tuple(v.shape) for k, v in state.items()}
+        if differ or shapes:
+            raise ValueError(f"{path}: another architecture than {paths[0]} "
+                             f"({'config ' + ', '.join(differ) if differ else 'tensor names or shapes'} differ)")
+        for key, value in other.items():
+            sums[key] = sums[key] + value if value.is_floating_point() else value
+        config = other_config
+    return {k: v / len(paths) if v.is_floating_point() else v for k, v in sums.items()}, config, fmt

@@ -76,3 +76,26 @@ def test_package_refuses_pspnet_options_for_a_refiner(tmp_path, small_model):
         _script("package_weights").main([str(src), str(tmp_path / "o.safetensors"), "--base-size", "512"])
     with pytest.raises(SystemExit):
         _script("package_weights").main([str(src), str(tmp_path / "o.safetensors"), "--threshold", "0.4"])
+
+
+def test_average_weights_of_one_architecture(tmp_path):
+    import pspnet
+
+    files = []
+    for seed, base in ((0, 384), (1, 384), (2, 672)):  # the prediction geometry may differ: the last one's wins
+        torch.manual_seed(seed)
+        model = pspnet.create("resnet18", classes=2, head_channels=16, aux_channels=8, crop_size=48, base_size=base)
+        files.append(pspnet.save(model, tmp_path / f"step_{seed}.safetensors"))
+    out = tmp_path / "avg.safetensors"
+    assert _script("average_weights").main([str(out), *map(str, files)]) == 0
+    averaged, meta = pspnet.load_with_metadata(out)
+    states = [pspnet.load(f).state_dict() for f in files]
+    for key, value in averaged.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[key] for s in states) / 3)
+    assert averaged.config.base_size == 672 and meta["averaged_from"] == " ".join(map(str, files))
+    other = pspnet.save(pspnet.create("resnet18", classes=2, head_channels=32, aux_channels=8),
+                        tmp_path / "wider.safetensors")
+    for bad in ([str(files[0])], [str(files[0]), str(other)], [str(files[0]), str(tmp_path / "missing.safetensors")]):
+        with pytest.raises(SystemExit):
+            _script("average_weights").main([str(tmp_path / "x.safetensors"), *bad])
