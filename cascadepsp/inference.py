@@ -170,9 +170,12 @@ def global_step(model: nn.Module, im: Tensor, seg: Tensor, L: int) -> tuple[Tens
 def iter_windows_to_refine(binary: Tensor, L: int, band: tuple[float, float] = ORIGINAL_BAND
                            ) -> Iterator[Window]:
     """Windows of the grid that contain a boundary of the binarised global result (foreground: ``> 0``;
-    a {-1, 1} float map or a bool map), with a foreground share within ``band``."""
+    a {-1, 1} float map or a bool map), with a foreground share within ``band``. ``band`` applies to an image
+    that is one window; a larger image keeps the original band, which bounds how many windows run."""
     h, w = binary.shape[-2:]
-    for win in window_grid(h, w, L):
+    grid = window_grid(h, w, L)
+    band = band if len(grid) == 1 else ORIGINAL_BAND
+    for win in grid:
         share = (binary[..., win.y0:win.y1, win.x0:win.x1] > 0).float().mean().item()
         if needs_refinement(share, band):
             yield win

@@ -55,9 +55,9 @@ def test_default_pspnet_weights_are_bundled():
         prob, mask = pspnet.predict(image, model)
         assert prob.shape == mask.shape == gt.shape
         ious.append(mask_iou(mask > 0, gt > 127))
-    # Measured with the bundled PSPNet (run P1, long side 672): parkour 0.59, scooter-black 0.30, soapbox 0.35
-    # (mean 0.41; the previous lite0 file 0.42 / 0.67 / 0.21, the resnet18 before it 0.33, random weights 0.08).
-    assert np.mean(ious) > 0.38
+    # Measured with the bundled PSPNet (run P1 averaged, long side 672, threshold 0.3): parkour 0.60, scooter-black
+    # 0.53, soapbox 0.66 (mean 0.60; P1 step 1000 at 0.5: 0.41; the lite0 file before it 0.43, random weights 0.08).
+    assert np.mean(ious) > 0.55 and min(ious) > 0.45  # every frame's main object is found
 
 
 def test_readme_command_on_examples(tmp_path):

@@ -79,6 +79,16 @@ def test_reference_local_step_follows_the_models_band():
     assert local_band(boundary) == (0.0, 1.0) and local_band(original) == (0.1, 0.9)
 
 
+def test_the_models_band_applies_to_one_window_images_only():
+    seg = -torch.ones(1, 1, 200, 200)
+    seg[..., 80:120, 80:120] = 1  # 4 % foreground
+    assert len(list(iter_windows_to_refine(seg, 200, (0.0, 1.0)))) == 1
+    wide = -torch.ones(1, 1, 200, 500)
+    wide[..., 80:120, 80:120] = 1  # several windows: the original band (and its bounded window count) applies
+    assert len(window_grid(200, 500, 200)) > 1
+    assert list(iter_windows_to_refine(wide, 200, (0.0, 1.0))) == list(iter_windows_to_refine(wide, 200)) == []
+
+
 @pytest.mark.parametrize("engine", ["reference", "batched"])
 def test_refiner_engines_follow_the_models_band(engine):
     image = np.zeros((200, 200, 3), np.uint8)
