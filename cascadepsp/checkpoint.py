@@ -121,16 +121,15 @@ def average_weights(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, Tenso
     from the last file). Returns ``(state_dict, config, format)``, the config being the last file's."""
     if len(paths) < 2:
         raise ValueError(f"paths: expected two or more weight files to average, got {len(paths)}")
-    state, config, meta = load_weights(paths[0])
-    fmt, sums = meta.get(FORMAT_KEY), dict(state)
+    sums, config, meta = load_weights(paths[0])
+    fmt, shapes = meta.get(FORMAT_KEY), {k: tuple(v.shape) for k, v in sums.items()}
     for path in paths[1:]:
         other, other_config, other_meta = load_weights(path)
         if other_meta.get(FORMAT_KEY) != fmt:
             raise ValueError(f"{path}: weights are for {other_meta.get(FORMAT_KEY)!r}, the first file's for {fmt!r}")
         differ = sorted(k for k in set(config) | set(other_config)
                         if config.get(k) != other_config.get(k) and k not in INFERENCE_CONFIG_KEYS)
-        shapes = {k: tuple(v.shape) for k, v in other.items()} != {k: tuple(v.shape) for k, v in state.items()}
-        if differ or shapes:
+        if differ or {k: tuple(v.shape) for k, v in other.items()} != shapes:
             raise ValueError(f"{path}: another architecture than {paths[0]} "
                              f"({'config ' + ', '.join(differ) if differ else 'tensor names or shapes'} differ)")
         for key, value in other.items():

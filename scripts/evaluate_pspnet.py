@@ -19,6 +19,7 @@ import torch
 from cascadepsp.datasets import add_selection_arguments, selected_samples
 from cascadepsp.evaluation import evaluate_pairs, report
 from pspnet import PSPNetSegmenter
+from pspnet.config import check_threshold
 
 METHOD = "pspnet"
 
@@ -41,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not (args.davis or args.dir):
         p.error("give a folder or --davis")
-    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
-        p.error(f"--threshold: expected a number in (0, 1), got {args.threshold}")
+    if args.threshold is not None:
+        try:
+            check_threshold(args.threshold)
+        except ValueError as e:
+            p.error(f"--{e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
