@@ -271,12 +271,15 @@ def collect_samples(cfg: PSPNetTrainConfig, split: str) -> list[Sample]:
 
 
 def warm_start(model: PSPNet, path: str | os.PathLike) -> None:
-    """Copy the weights of a saved PSPNet into ``model``; its architecture must be the same (crop/base may differ)."""
+    """Copy the weights of a saved PSPNet into ``model``; its architecture must be the same (prediction settings -
+    crop, base size, threshold - may differ)."""
+    from cascadepsp.checkpoint import INFERENCE_CONFIG_KEYS
+
     from .weights import load
 
     source = load(path)
     mine, theirs = model.config.to_dict(), source.config.to_dict()
-    differ = sorted(k for k in mine if k not in ("crop_size", "base_size") and mine[k] != theirs.get(k))
+    differ = sorted(k for k in mine if k not in INFERENCE_CONFIG_KEYS and mine[k] != theirs.get(k))
     if differ:
         raise ValueError(f"init: {path} is a different PSPNet ({', '.join(f'{k}={theirs.get(k)!r}' for k in differ)}"
                          f"; this run has {', '.join(f'{k}={mine[k]!r}' for k in differ)})")

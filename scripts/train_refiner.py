@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=SOURCES, help="sources whose real masks may be used as coarse input")
     g.add_argument("--davis-n-dev", type=int, default=d.davis_n_dev,
                    help="DAVIS training sequences held back as the dev set (the last ones in sorted order)")
+    g.add_argument("--human-seg-dev-fraction", type=float, default=d.human_seg_dev_fraction,
+                   help="share of the human_seg training photos held back as the dev set (0 with --davis-n-dev 0 "
+                        "trains a final model on train + dev)")
     g.add_argument("--validate-on", choices=("dev", "val"), default=d.validate_on,
                    help="dev: a part held back from the training split (default); val: the validation split")
     g = p.add_argument_group("optimisation")
@@ -87,6 +90,7 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(
         preset=a.preset, residual=a.residual, pretrained=not a.no_pretrained, init=a.init,
         validate_on=a.validate_on, real_coarse_sources=tuple(a.real_coarse_sources), davis_n_dev=a.davis_n_dev,
+        human_seg_dev_fraction=a.human_seg_dev_fraction,
         boundary_weight=a.boundary_weight, boundary_radius=a.boundary_radius,
         guided_lr_scale=a.guided_lr_scale, human_seg=a.human_seg, davis=a.davis,
         backgrounds=a.backgrounds,

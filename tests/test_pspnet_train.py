@@ -410,6 +410,12 @@ def test_init_warm_starts_from_saved_weights_and_refuses_another_architecture(sh
                                    **dict(common, crop_size=40)))
     loaded = pspnet.load(warm.weights).state_dict()
     assert all(torch.equal(source[k], loaded[k]) for k in source)
+    # a shipped file's own threshold is a prediction setting, not architecture: warm start still works
+    model = pspnet.load(first.weights)
+    model.config = model.config.replace(threshold=0.3)
+    cut = pspnet.save(model, tmp_path / "cut.safetensors")
+    warm = train(PSPNetTrainConfig(out_dir=str(tmp_path / "d"), init=str(cut), stop_at_step=0, **common))
+    assert all(torch.equal(source[k], v) for k, v in pspnet.load(warm.weights).state_dict().items())
     with pytest.raises(ValueError, match="init: .* is a different PSPNet .*head_channels=64"):
         train(PSPNetTrainConfig(out_dir=str(tmp_path / "c"), init=str(first.weights),
                                 **dict(common, head_channels=32)))

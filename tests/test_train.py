@@ -188,6 +188,12 @@ def test_script_trains_and_resumes(folder, tmp_path):
     assert script.main(args) == 2  # refuses to overwrite a run without --resume
     assert script.main([*args, "--export", str(tmp_path / "x.safetensors")]) == 0
     assert json.loads(read_metadata(tmp_path / "x.safetensors")["steps"]) == 2
+    # a final model on train + dev: nothing held back from the training split
+    held = build_data(script.build_config(script.parse_args([*args, "--human-seg-dev-fraction", "0.2"]))).summary
+    held = held["human_seg"]
+    final = build_data(script.build_config(script.parse_args([*args, "--human-seg-dev-fraction", "0"])))
+    assert held["dev"] == 1 and final.summary["human_seg"]["dev"] == 0
+    assert final.summary["human_seg"]["train"] == held["train"] + 1 == len(final.train)
 
 
 def test_davis_dev_holds_back_sequences_and_scores_frames_with_real_masks(tmp_path):
