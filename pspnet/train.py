@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cascadepsp import runfiles
+from cascadepsp.checkpoint import INFERENCE_CONFIG_KEYS
 from cascadepsp.data import load_backgrounds
 from cascadepsp.imageio import write_atomic
 from cascadepsp.pretrained import SOURCES as PRETRAINED_SOURCES
@@ -33,7 +34,7 @@ from .config import PSPNetConfig
 from .data import Sample, SegmentationDataset, find_samples, load_image, load_mask
 from .inference import predict
 from .model import PSPNet
-from .weights import save
+from .weights import load, save
 
 CHECKPOINT_NAME = runfiles.CKPT_NAME
 RESUME_MUST_MATCH = ("seed", "batch_size", "crop_size", "base_size", "mask_mode", "dev_sequences", "dev_fraction")  # data order and shapes
@@ -273,10 +274,6 @@ def collect_samples(cfg: PSPNetTrainConfig, split: str) -> list[Sample]:
 def warm_start(model: PSPNet, path: str | os.PathLike) -> None:
     """Copy the weights of a saved PSPNet into ``model``; its architecture must be the same (prediction settings -
     crop, base size, threshold - may differ)."""
-    from cascadepsp.checkpoint import INFERENCE_CONFIG_KEYS
-
-    from .weights import load
-
     source = load(path)
     mine, theirs = model.config.to_dict(), source.config.to_dict()
     differ = sorted(k for k in mine if k not in INFERENCE_CONFIG_KEYS and mine[k] != theirs.get(k))

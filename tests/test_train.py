@@ -189,9 +189,10 @@ def test_script_trains_and_resumes(folder, tmp_path):
     assert script.main([*args, "--export", str(tmp_path / "x.safetensors")]) == 0
     assert json.loads(read_metadata(tmp_path / "x.safetensors")["steps"]) == 2
     # a final model on train + dev: nothing held back from the training split
-    held = build_data(script.build_config(script.parse_args([*args, "--human-seg-dev-fraction", "0.2"]))).summary
-    held = held["human_seg"]
-    final = build_data(script.build_config(script.parse_args([*args, "--human-seg-dev-fraction", "0"])))
+    def data_with_dev_fraction(fraction: str):
+        return build_data(script.build_config(script.parse_args([*args, "--human-seg-dev-fraction", fraction])))
+
+    held, final = data_with_dev_fraction("0.2").summary["human_seg"], data_with_dev_fraction("0")
     assert held["dev"] == 1 and final.summary["human_seg"]["dev"] == 0
     assert final.summary["human_seg"]["train"] == held["train"] + 1 == len(final.train)
 
