@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from .postprocess import check_component_fraction
 
 
 @dataclass(frozen=True)
@@ -14,7 +17,9 @@ class PSPNetConfig:
 
     ``crop_size`` / ``base_size`` are not architecture: they record the training crop and the long side
     images were normalised to, so :func:`pspnet.predict` can reuse them by default. ``threshold`` is the
-    foreground probability at which a 1- or 2-class model's mask is cut (chosen on held-back data).
+    foreground probability at which a 1- or 2-class model's mask is cut (chosen on held-back data),
+    ``min_component_fraction`` drops the mask's regions smaller than that fraction of its largest one (0: off),
+    and ``scales`` are the multi-scale test's long sides as multiples of ``base_size`` (the paper's testing).
     """
 
     encoder_name: str = "resnet50"
@@ -30,6 +35,8 @@ class PSPNetConfig:
     crop_size: int = 320
     base_size: int = 512
     threshold: float = 0.5
+    min_component_fraction: float = 0.0
+    scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         _check_int("classes", self.classes, 1)
@@ -49,6 +56,8 @@ class PSPNetConfig:
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         check_threshold(self.threshold)
+        check_component_fraction(self.min_component_fraction)
+        object.__setattr__(self, "scales", tuple(check_scales(self.scales)))
         if float(self.aux_weight) < 0.0:
             raise ValueError(f"aux_weight: expected a value >= 0, got {self.aux_weight!r}")
 
@@ -65,8 +74,9 @@ class PSPNetConfig:
         if unknown:
             raise ValueError(f"unknown PSPNetConfig fields: {sorted(unknown)}")
         kw = dict(d)
-        if "ppm_bins" in kw:
-            kw["ppm_bins"] = tuple(kw["ppm_bins"])
+        for key in ("ppm_bins", "scales"):
+            if isinstance(kw.get(key), list):
+                kw[key] = tuple(kw[key])
         return cls(**kw)
 
     def replace(self, **changes: Any) -> PSPNetConfig:
@@ -78,6 +88,19 @@ def check_threshold(threshold: Any) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold: expected a foreground probability in (0, 1), got {threshold!r}")
     return float(threshold)
+
+
+def check_scales(scales: Any) -> list[float]:
+    """Multi-scale factors as a non-empty list of finite positive floats (one number is one scale), else a
+    one-line ValueError."""
+    items = [scales] if isinstance(scales, (int, float)) and not isinstance(scales, bool) else scales
+    try:
+        values = [] if isinstance(items, (str, bytes)) else [float(s) for s in items]
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"scales: expected one or more positive numbers, got {scales!r}")
+    return values
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -21,8 +21,9 @@ from torch import Tensor
 from cascadepsp.inputs import to_rgb_uint8
 
 from .augment import long_side_size, normalize
-from .config import check_threshold
+from .config import check_scales, check_threshold
 from .model import PSPNet
+from .postprocess import check_component_fraction, keep_main_regions
 from .weights import load
 
 _CACHE: dict[str, PSPNet] = {}
@@ -82,30 +83,20 @@ def sliding_window_probs(model: PSPNet, x: Tensor, crop: int, stride: int, flip:
     return (total / count)[:, :h, :w]
 
 
-def _positive_scales(scales: Any) -> list[float]:
-    """``scales`` as a non-empty list of finite positive floats (a single number is one scale)."""
-    items = [scales] if isinstance(scales, (int, float)) and not isinstance(scales, bool) else scales
-    try:
-        values = [] if isinstance(items, (str, bytes)) else [float(s) for s in items]
-    except (TypeError, ValueError):
-        values = []
-    if not values or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"scales: expected one or more positive numbers, got {scales!r}")
-    return values
-
-
 def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop: int | None = None,
             stride: int | None = None, base_size: int | None = None, flip: bool = False,
-            scales: Sequence[float] = (1.0,), device: str | torch.device | None = None,
-            bgr: bool = False, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+            scales: Sequence[float] | float | None = None, device: str | torch.device | None = None,
+            bgr: bool = False, threshold: float | None = None,
+            min_component_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Segment ``image``; returns ``(prob, mask)`` at the input resolution.
 
     ``prob``: float32 HxW foreground (class 1) probability for a two-class (or one-logit) model, else the
     CxHxW class probabilities. ``mask``: HxW uint8 class ids (foreground models: 1 where ``prob >=
-    threshold``; more classes: the argmax). ``crop``/``base_size``/``threshold`` default to the values stored
-    with the model; ``stride`` to 2/3 of the crop.
+    threshold``, minus regions smaller than ``min_component_fraction`` of the largest; more classes: the
+    argmax). ``crop``/``base_size``/``threshold``/``min_component_fraction`` default to the values stored with
+    the model; ``stride`` to 2/3 of the crop.
     ``scales``: multi-scale testing as in the paper, probabilities averaged over long sides ``base_size x s``
-    (with ``flip``, each scale is also run mirrored).
+    (with ``flip``, each scale is also run mirrored); default the model's stored ``scales``.
     ``model=None`` uses the bundled default weights; ``device=None`` keeps the model where it is.
     """
     net = _resolve(model)
@@ -118,8 +109,10 @@ def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop
     stride = int(stride) if stride is not None else max(1, int(math.ceil(crop * 2 / 3)))
     if not 1 <= stride <= crop:
         raise ValueError(f"stride: expected an integer in [1, crop={crop}], got {stride!r}")
-    scales = _positive_scales(scales)
+    scales = check_scales(scales if scales is not None else net.config.scales)
     threshold = check_threshold(threshold if threshold is not None else net.config.threshold)
+    min_fraction = check_component_fraction(min_component_fraction if min_component_fraction is not None
+                                            else net.config.min_component_fraction)
     rgb = to_rgb_uint8(image, bgr=bgr)
     if device is not None:
         net = net.to(device)
@@ -137,7 +130,7 @@ def predict(image: Any, model: PSPNet | str | os.PathLike | None = None, *, crop
     probs = (probs / len(scales)).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
     if probs.shape[0] <= 2:
         prob = probs[-1]
-        return prob, (prob >= threshold).astype(np.uint8)
+        return prob, keep_main_regions((prob >= threshold).astype(np.uint8), min_fraction)
     labels = probs.argmax(axis=0)
     mask = labels.astype(np.uint8 if probs.shape[0] <= 256 else np.int32)
     return probs, mask

@@ -20,6 +20,7 @@ from cascadepsp.datasets import add_selection_arguments, selected_samples
 from cascadepsp.evaluation import evaluate_pairs, report
 from pspnet import PSPNetSegmenter
 from pspnet.config import check_threshold
+from pspnet.postprocess import check_component_fraction
 
 METHOD = "pspnet"
 
@@ -32,9 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-size", type=int, default=None, help="long side to predict at (default: the model's)")
     p.add_argument("--crop", type=int, default=None, help="sliding-window size (default: the model's)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored prediction")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale test (x base size)")
+    p.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="multi-scale test, long sides as multiples of the base size (default: the model's)")
     p.add_argument("--threshold", type=float, default=None,
                    help="foreground probability threshold (default: the model's)")
+    p.add_argument("--min-component-fraction", type=float, default=None,
+                   help="drop mask regions smaller than this fraction of the largest (default: the model's; 0: off)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--out-csv", default=None, help="write per-image metrics here")
@@ -47,11 +51,17 @@ def main(argv: list[str] | None = None) -> int:
             check_threshold(args.threshold)
         except ValueError as e:
             p.error(f"--{e}")
+    if args.min_component_fraction is not None:
+        try:
+            check_component_fraction(args.min_component_fraction)
+        except ValueError as e:
+            p.error(f"--{e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         segmenter = PSPNetSegmenter(args.weights, device=args.device, base_size=args.base_size, crop=args.crop,
-                                    flip=args.flip, scales=args.scales, threshold=args.threshold)
+                                    flip=args.flip, scales=args.scales, threshold=args.threshold,
+                                    min_component_fraction=args.min_component_fraction)
     except ValueError as e:  # e.g. a PSPNet with more than two classes
         p.error(f"--weights: {e}")
 

@@ -2,7 +2,8 @@
 """Package a trained refiner or PSPNet for shipping: fp16 safetensors with its training metadata plus the command
 that trained it, its training log's path and the evaluation summaries that scored it (``--out-json`` of
 evaluate.py / evaluate_pspnet.py). For a PSPNet, ``--base-size`` / ``--crop`` set the prediction geometry stored
-with it and ``--threshold`` its foreground probability threshold (chosen on the dev part with evaluate_pspnet.py).
+with it, ``--threshold`` its foreground probability threshold, ``--min-component-fraction`` its mask clean-up and
+``--scales`` its multi-scale test (chosen on the dev part with evaluate_pspnet.py).
 
     python scripts/package_weights.py runs/lite0_long/model_best.safetensors \\
         cascadepsp/weights/cascadepsp_lite0_guided.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
@@ -34,14 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", nargs="*", default=[], metavar="NAME=JSON",
                    help="evaluation summaries (evaluate.py --out-json) to record under their names")
     p.add_argument("--note", default="", help="a free-text note (e.g. how the file was chosen)")
+    p.add_argument("--meta", nargs="*", default=[], metavar="KEY=TEXT",
+                   help="more metadata to record as text (e.g. data=..., hardware=..., train_time_s=...)")
     p.add_argument("--base-size", type=int, default=None, help="PSPNet only: long side to predict at")
     p.add_argument("--crop", type=int, default=None, help="PSPNet only: sliding-window size")
     p.add_argument("--threshold", type=float, default=None, help="PSPNet only: foreground probability threshold")
+    p.add_argument("--min-component-fraction", type=float, default=None,
+                   help="PSPNet only: drop mask regions smaller than this fraction of the largest (0: off)")
+    p.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="PSPNet only: multi-scale test, long sides as multiples of --base-size")
     a = p.parse_args(argv)
     source_meta = read_metadata(a.src)
     is_pspnet = source_meta.get("format") == pspnet.MODEL_FORMAT
-    if not is_pspnet and (a.base_size is not None or a.crop is not None or a.threshold is not None):
-        p.error("--base-size / --crop / --threshold apply to PSPNet weights only")
+    pspnet_options = (a.base_size, a.crop, a.threshold, a.min_component_fraction, a.scales)
+    if not is_pspnet and any(v is not None for v in pspnet_options):
+        p.error("--base-size / --crop / --threshold / --min-component-fraction / --scales apply to PSPNet weights only")
     meta = {k: v for k, v in source_meta.items() if k not in _OWN_KEYS}
     evaluation = {}
     for item in a.eval:
@@ -49,14 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             p.error(f"--eval: expected NAME=JSON, got {item!r}")
         evaluation[name] = json.loads(Path(path).read_text())
+    for item in a.meta:
+        key, sep, text = item.partition("=")
+        if not sep or not key or key in _OWN_KEYS:
+            p.error(f"--meta: expected KEY=TEXT with KEY not one of {sorted(_OWN_KEYS)}, got {item!r}")
+        meta[key] = text
     meta.update({k: v for k, v in (("train_command", a.train_command), ("training_log", a.log),
                                    ("note", a.note)) if v})
     if evaluation:
         meta["evaluation"] = json.dumps(evaluation, sort_keys=True)
     if is_pspnet:
         model = pspnet.load(a.src)
-        geometry = {k: v for k, v in (("base_size", a.base_size), ("crop_size", a.crop), ("threshold", a.threshold))
-                    if v is not None}
+        geometry = {k: v for k, v in (("base_size", a.base_size), ("crop_size", a.crop), ("threshold", a.threshold),
+                                      ("min_component_fraction", a.min_component_fraction),
+                                      ("scales", tuple(a.scales) if a.scales else None)) if v is not None}
         try:
             model.config = model.config.replace(**geometry)
         except ValueError as e:

@@ -50,6 +50,19 @@ def test_package_rejects_a_malformed_eval_argument(tmp_path, small_model):
         _script("package_weights").main([str(src), str(tmp_path / "o.safetensors"), "--eval", "no-equals-sign"])
 
 
+def test_package_records_extra_text_metadata_and_refuses_its_own_keys(tmp_path, small_model):
+    src = cascadepsp.save_model(small_model, tmp_path / "best.safetensors")
+    dst = tmp_path / "shipped.safetensors"
+    main = _script("package_weights").main
+    assert main([str(src), str(dst), "--meta", "data=DAVIS train + dev", "hardware=2-core CPU"]) == 0
+    meta = read_metadata(dst)
+    assert meta["data"] == "DAVIS train + dev" and meta["hardware"] == "2-core CPU"
+    for bad in ("no-equals-sign", "config={}", "=text"):
+        with pytest.raises(SystemExit):
+            main([str(src), str(tmp_path / "other.safetensors"), "--meta", bad])
+    assert not (tmp_path / "other.safetensors").exists()
+
+
 def test_package_a_pspnet_with_its_prediction_geometry(tmp_path):
     import pspnet
 
@@ -58,14 +71,18 @@ def test_package_a_pspnet_with_its_prediction_geometry(tmp_path):
     src = pspnet.save(model, tmp_path / "final.safetensors", metadata={"step": 12})
     dst = tmp_path / "pspnet_fg.safetensors"
     assert _script("package_weights").main([str(src), str(dst), "--base-size", "96", "--crop", "80",
-                                            "--threshold", "0.35", "--note", "chosen on dev"]) == 0
+                                            "--threshold", "0.35", "--min-component-fraction", "0.3",
+                                            "--scales", "0.75", "1", "1.25",
+                                            "--note", "chosen on dev"]) == 0
     loaded, meta = pspnet.load_with_metadata(dst)
     assert (loaded.config.base_size, loaded.config.crop_size, loaded.config.threshold) == (96, 80, 0.35)
+    assert loaded.config.min_component_fraction == 0.3 and loaded.config.scales == (0.75, 1.0, 1.25)
     assert meta["note"] == "chosen on dev" and json.loads(meta["step"]) == 12
     for key, value in model.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(loaded.state_dict()[key], value, atol=2e-3, rtol=1e-3)
-    for bad in (["--crop", "4"], ["--threshold", "1.0"]):  # an impossible geometry or threshold is refused
+    for bad in (["--crop", "4"], ["--threshold", "1.0"], ["--min-component-fraction", "1.5"],
+                ["--scales", "0"]):  # an impossible geometry or threshold is refused
         with pytest.raises(SystemExit):
             _script("package_weights").main([str(src), str(tmp_path / "x.safetensors"), *bad])
 
@@ -76,6 +93,8 @@ def test_package_refuses_pspnet_options_for_a_refiner(tmp_path, small_model):
         _script("package_weights").main([str(src), str(tmp_path / "o.safetensors"), "--base-size", "512"])
     with pytest.raises(SystemExit):
         _script("package_weights").main([str(src), str(tmp_path / "o.safetensors"), "--threshold", "0.4"])
+    with pytest.raises(SystemExit):
+        _script("package_weights").main([str(src), str(tmp_path / "o.safetensors"), "--min-component-fraction", "0.3"])
 
 
 def test_average_weights_of_one_architecture(tmp_path):

@@ -18,6 +18,7 @@ import pspnet
 from pspnet.config import PSPNetConfig
 from pspnet.inference import PSPNetSegmenter, sliding_window_probs, window_starts
 from pspnet.pipeline import collect_images, output_stems, segment_and_refine, side_by_side
+from pspnet.postprocess import keep_main_regions
 
 SMALL = {"head_channels": 32, "aux_channels": 16, "crop_size": 48, "base_size": 64}
 REPO = Path(__file__).resolve().parents[1]
@@ -113,9 +114,16 @@ def test_multiscale_prediction_is_the_mean_of_the_single_scales(model):
     assert np.array_equal(mask == 1, multi >= 0.5) or np.mean((mask == 1) != (multi >= 0.5)) < 1e-3
     single, _ = pspnet.predict(image, model, scales=1.25)  # one number is one scale
     assert np.allclose(single, singles[1], atol=1e-5)
-    for bad in ([], [0.0], [1.0, -1.0], [float("nan")], "1.0", ["x"], None, True):
+    for bad in ([], [0.0], [1.0, -1.0], [float("nan")], "1.0", ["x"], True):
         with pytest.raises(ValueError, match="scales"):
             pspnet.predict(image, model, scales=bad)
+        with pytest.raises(ValueError, match="scales"):
+            model.config.replace(scales=bad)
+    stored = copy.deepcopy(model)  # scales stored with the model are its default
+    stored.config = model.config.replace(scales=[0.75, 1.25])
+    assert stored.config.scales == (0.75, 1.25)
+    assert np.array_equal(pspnet.predict(image, stored)[0], multi)
+    assert np.array_equal(pspnet.predict(image, stored, scales=1.0)[0], pspnet.predict(image, model)[0])
 
 
 def test_predict_multiclass_returns_class_probabilities():
@@ -174,6 +182,52 @@ def test_mask_is_cut_at_the_models_stored_threshold(model):
             model.config.replace(threshold=bad)
     with pytest.raises(ValueError, match="classes"):
         PSPNetSegmenter(pspnet.create("resnet18", classes=3, **SMALL))
+
+
+def _blobs(sizes: list[int], shape=(60, 90)) -> np.ndarray:
+    """A black uint8 mask-like image with square white regions of the given sides, left to right."""
+    image = np.zeros(shape, np.uint8)
+    x = 2
+    for side in sizes:
+        image[5:5 + side, x:x + side] = 255
+        x += side + 3
+    return image
+
+
+def test_keep_main_regions_drops_regions_small_against_the_largest():
+    mask = _blobs([20, 12, 5])  # areas 400, 144, 25
+    kept = keep_main_regions(mask, 0.3)  # keeps areas >= 120
+    assert kept.dtype == mask.dtype and kept.shape == mask.shape
+    assert np.array_equal(kept, _blobs([20, 12, 0]))
+    assert np.array_equal(keep_main_regions(mask, 1.0), _blobs([20, 0, 0]))
+    assert keep_main_regions(mask, 0.0) is mask
+    for untouched in (_blobs([20]), np.zeros((8, 9), np.uint8), np.ones((8, 9), bool)):
+        assert np.array_equal(keep_main_regions(untouched, 0.5), untouched)
+    diagonal = np.eye(6, dtype=np.uint8)  # 8-connected: one region, kept whole
+    assert np.array_equal(keep_main_regions(diagonal, 1.0), diagonal)
+    for bad in (-0.1, 1.5, True, "0.3", None):
+        with pytest.raises(ValueError, match="min_component_fraction"):
+            keep_main_regions(mask, bad)
+    with pytest.raises(ValueError, match="HxW"):
+        keep_main_regions(np.zeros((4, 4, 3), np.uint8), 0.3)
+
+
+def test_predict_applies_the_models_stored_region_clean_up():
+    net = pspnet.create("resnet18", classes=2, **{**SMALL, "base_size": 90, "crop_size": 64}).eval()
+    net.forward = PixelwiseNet(2).forward  # foreground exactly where the image is bright
+    image = np.repeat(_blobs([20, 12, 5])[:, :, None], 3, axis=2)
+    prob, mask = pspnet.predict(image, net)
+    assert np.array_equal(mask > 0, prob >= 0.5) and np.array_equal(mask > 0, image[:, :, 0] > 0)
+    net.config = net.config.replace(min_component_fraction=0.3)
+    prob_cleaned, cleaned = pspnet.predict(image, net)
+    assert np.array_equal(prob_cleaned, prob)  # the probabilities are left as they are
+    assert np.array_equal(cleaned > 0, _blobs([20, 12, 0]) > 0)
+    _, override = pspnet.predict(image, net, min_component_fraction=0.0)  # an explicit value wins
+    assert np.array_equal(override, mask)
+    with pytest.raises(ValueError, match="min_component_fraction"):
+        pspnet.predict(image, net, min_component_fraction=2)
+    with pytest.raises(ValueError, match="min_component_fraction"):
+        PSPNetConfig(min_component_fraction=-1)
 
 
 # ---------------------------------------------------------------- segment + refine
