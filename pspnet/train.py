@@ -72,6 +72,7 @@ class PSPNetTrainConfig:
     val_at_end: bool = True
     val_max_images: int = 60  # evenly spaced subset of the validation images (0 = all)
     checkpoint_every: int = 100
+    keep_every: int = 0  # also write step_N.safetensors every N steps, to average late weights (0: off)
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     stop_at_step: int | None = None  # stop early at this step; the schedule still spans ``iters``
     seed: int = 0
@@ -366,6 +367,8 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
             log.write({"time_s": round(time.monotonic() - start, 2), **record})
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
+            if cfg.keep_every and step % cfg.keep_every == 0 and step < cfg.iters:
+                save(model, out / f"step_{step}.safetensors", metadata=_weights_meta(cfg, step, None))
             if cfg.val_every and step % cfg.val_every == 0 and val_samples:
                 validate()
                 model.train()

@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-every", type=int, default=0, help="validate every N steps (0: at the end only)")
     p.add_argument("--val-max-images", type=int, default=60)
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--keep-every", type=int, default=0,
+                   help="also write OUT/step_N.safetensors every N steps (weights to average later; 0: off)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this long")
     p.add_argument("--stop-at-step", type=int, default=None,
                    help="stop (with a checkpoint) at this step; the poly schedule still spans --iters")
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                       mask_mode=args.mask_mode, crop_size=args.crop, base_size=args.base_size,
                       batch_size=args.batch, iters=args.iters, lr=args.lr, workers=args.workers,
                       val_every=args.val_every, val_max_images=args.val_max_images,
-                      checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
+                      checkpoint_every=args.checkpoint_every, keep_every=args.keep_every, max_minutes=args.max_minutes,
                       stop_at_step=args.stop_at_step,
                       frame_step=args.frame_step, sequences=tuple(args.sequences) if args.sequences else None,
                       backgrounds=args.backgrounds, composite_prob=args.composite_prob,

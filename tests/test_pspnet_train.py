@@ -310,7 +310,7 @@ def shapes_root(tmp_path_factory):
 def test_tiny_training_run_lowers_the_loss(shapes_root, tmp_path):
     torch.manual_seed(0)
     cfg = PSPNetTrainConfig(data=(str(shapes_root),), out_dir=str(tmp_path / "run"), iters=24,
-                            checkpoint_every=0, seed=0, **TINY)
+                            checkpoint_every=0, keep_every=10, seed=0, **TINY)
     result = train(cfg)
     assert result.step == 24 and not result.stopped_early
     losses = [h["main"] for h in result.history]
@@ -323,6 +323,9 @@ def test_tiny_training_run_lowers_the_loss(shapes_root, tmp_path):
     assert [r["step"] for r in rows if r["loss"]] == [str(i) for i in range(1, 25)] and rows[-1]["val_miou"]
     loaded, meta = pspnet.load_with_metadata(result.weights)
     assert loaded.config.crop_size == 48 and meta["step"] == "24" and float(meta["val_miou"]) == val["miou"]
+    kept = sorted(p.name for p in (tmp_path / "run").glob("step_*.safetensors"))  # --keep-every 10
+    assert kept == ["step_10.safetensors", "step_20.safetensors"]
+    assert pspnet.load_with_metadata(tmp_path / "run" / "step_20.safetensors")[1]["step"] == "20"
 
 
 def test_resume_continues_at_the_same_step_with_the_same_lr(shapes_root, tmp_path):
