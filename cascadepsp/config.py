@@ -48,6 +48,10 @@ class RMConfig:
     # gives every such photo its second, full-resolution pass. Larger images keep the original band per
     # window (it bounds how many windows run: 6 instead of 12 on the 2K benchmark photo).
     local_fg_band: tuple[float, float] = (0.1, 0.9)
+    # Do no harm: > 0 confines the refiner's changes to pixels within edit_band x (H + W) / 2 of the coarse
+    # mask's boundary (cascadepsp.inference.confine_to_band); farther pixels keep the coarse label, so a
+    # good mask can only move near its own boundary. 0 = unconfined (the original).
+    edit_band: float = 0.0
 
     def __post_init__(self) -> None:
         known = sorted([*BACKBONE_BLOCKS, *ENCODER_BACKBONES])
@@ -61,6 +65,8 @@ class RMConfig:
             raise ValueError(f"guided_radius must be >= 0, got {self.guided_radius}")
         if len(self.local_fg_band) != 2 or not 0.0 <= self.local_fg_band[0] <= self.local_fg_band[1] <= 1.0:
             raise ValueError(f"local_fg_band must be (low, high) with 0 <= low <= high <= 1, got {self.local_fg_band}")
+        if not 0.0 <= self.edit_band <= 1.0:
+            raise ValueError(f"edit_band must be in [0, 1] (a fraction of (H + W) / 2; 0 = off), got {self.edit_band}")
 
     @property
     def is_encoder(self) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .datasets import Sample, find_davis, find_original, fit_size, read_rgb, read_soft_mask
+from .datasets import Sample, find_davis, find_duts, find_original, fit_size, read_rgb, read_soft_mask
 from .imageio import IMAGE_EXTS
 from .inference import IMAGENET_MEAN, IMAGENET_STD
 from .perturb import LowResConfig, PerturbConfig, lowres_mask, perturb_mask
@@ -40,6 +40,14 @@ def list_im_gt(root: str | os.PathLike) -> list[Sample]:
 def list_davis(root: str | os.PathLike, sequences: Sequence[str] | None = None) -> list[Sample]:
     """Training samples of DAVIS ``sequences``: frames with a ground truth (the ``coarse_u2netp`` mask attached)."""
     return [s for s in find_davis(root, sequences) if s.gt is not None]
+
+
+def list_duts(root: str | os.PathLike) -> list[Sample]:
+    """Training samples of a DUTS-TR folder (``DUTS-TR-Image`` + ``DUTS-TR-Mask``); no real coarse masks."""
+    samples = find_duts(root)
+    if not samples:
+        raise ValueError(f"duts: no DUTS-TR-Image / DUTS-TR-Mask pairs in {root}")
+    return samples
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -150,6 +158,11 @@ class AugmentConfig:
     real_coarse_prob: float = 0.2  # use the source's real coarse mask when present and not too wrong
     real_coarse_min_iou: float = 0.7
     lowres_prob: float = 0.0  # synthetic coarse masks made by lowres_mask (else the original's perturbation)
+    # Share of crops cut from the photo as the global step sees it: the whole (composited) photo and its coarse
+    # mask resized to long side global_L (bicubic / bilinear up, area down, as cascadepsp.inference), cropped
+    # at that scale, the mask soft where interpolation made it so. Small photos are upsampled 2x or more there.
+    global_view_prob: float = 0.0
+    global_L: int = 900
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     lowres: LowResConfig = field(default_factory=LowResConfig)
 
@@ -160,7 +173,8 @@ class AugmentConfig:
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range: expected 0 < lo <= hi, got {self.scale_range}")
         for name in ("keep_uniform_prob", "hflip_prob", "grayscale_prob", "composite_prob",
-                     "background_photo_prob", "feather_prob", "real_coarse_prob", "lowres_prob"):
+                     "background_photo_prob", "feather_prob", "real_coarse_prob", "lowres_prob",
+                     "global_view_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {v}")
@@ -212,17 +226,19 @@ def _is_mixed(window: np.ndarray, min_fraction: float) -> bool:
 
 
 def random_crop(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
-                extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                extra: np.ndarray | None = None, scale: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Random-scale square crop resized to ``crop_size``, then a random horizontal flip.
 
     (Nearly) all-foreground / all-background windows are rejected (kept with ``keep_uniform_prob``); after
     ``crop_tries`` failures the window is centred on a random boundary pixel. ``extra`` (a second mask)
-    gets the same geometry.
+    gets the same geometry. ``scale`` fixes the zoom (default: log-uniform in ``cfg.scale_range``).
     """
     h, w = gt.shape
     c = cfg.crop_size
     lo, hi = cfg.scale_range
-    scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    if scale is None:
+        scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     side = min(h, w, max(1, round(c / scale)))  # window side in source pixels; clamps so it never pads
     keep_uniform = rng.random() < cfg.keep_uniform_prob
     y0 = x0 = 0
@@ -367,6 +383,9 @@ class RefineTrainDataset(Dataset):
             if pasted is not None:
                 image, gt, real = pasted[0], pasted[1], None
         use_real = real is not None and rng.random() < cfg.real_coarse_prob
+        # rng is only drawn from when global_view_prob > 0, so runs without it keep their exact samples
+        if cfg.global_view_prob > 0 and rng.random() < cfg.global_view_prob:
+            return self._global_view_sample(image, gt, real if use_real else None, rng)
         image, gt, real = random_crop(image, gt, rng, cfg, extra=real if use_real else None)
         image = color_jitter(image, rng, cfg)
         coarse = None
@@ -374,11 +393,46 @@ class RefineTrainDataset(Dataset):
             coarse = np.where(real > 127, 255, 0).astype(np.uint8)
         if coarse is None:
             # rng is only drawn from when lowres_prob > 0, so runs without it keep their exact samples
-            if cfg.lowres_prob > 0 and rng.random() < cfg.lowres_prob:
-                coarse = lowres_mask(gt > 127, rng, cfg.lowres)
-            else:
-                coarse = perturb_mask(gt > 127, rng, cfg.perturb)
+            coarse = self._synthetic_coarse(gt, rng)
         return np.ascontiguousarray(image), np.ascontiguousarray(gt), coarse
+
+    def _synthetic_coarse(self, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        cfg = self.config
+        if cfg.lowres_prob > 0 and rng.random() < cfg.lowres_prob:
+            return lowres_mask(gt > 127, rng, cfg.lowres)
+        return perturb_mask(gt > 127, rng, cfg.perturb)
+
+    def _global_view_sample(self, image: np.ndarray, gt: np.ndarray, real: np.ndarray | None,
+                            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A crop of the photo at the global step's scale: the coarse mask is made at the photo's own
+        resolution (a real one when usable), then photo, GT and mask are resized as inference resizes them."""
+        cfg = self.config
+        coarse = None
+        if real is not None and _mask_iou(real, gt) >= cfg.real_coarse_min_iou:
+            coarse = np.where(real > 127, 255, 0).astype(np.uint8)
+        if coarse is None:
+            coarse = self._synthetic_coarse(gt, rng)
+        image, gt, coarse = global_view(image, gt, coarse, cfg.global_L)
+        image, gt, coarse = random_crop(image, gt, rng, cfg, extra=coarse, scale=1.0)
+        image = color_jitter(image, rng, cfg)
+        return np.ascontiguousarray(image), np.ascontiguousarray(gt), np.ascontiguousarray(coarse)
+
+
+def global_view(image: np.ndarray, gt: np.ndarray, coarse: np.ndarray, L: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Photo, GT and coarse mask resized to long side ``L`` the way the global step resizes its inputs
+    (:func:`cascadepsp.inference.global_inputs`: bicubic photo / bilinear masks up, area down)."""
+    h, w = gt.shape
+    size = (max(1, round(h * L / max(h, w))), max(1, round(w * L / max(h, w))))
+    if size == (h, w):
+        return image, gt, coarse
+    up = L > max(h, w)
+    dsize = (size[1], size[0])
+    im_interp = cv2.INTER_CUBIC if up else cv2.INTER_AREA
+    mask_interp = cv2.INTER_LINEAR if up else cv2.INTER_AREA
+    return (cv2.resize(np.ascontiguousarray(image), dsize, interpolation=im_interp),
+            cv2.resize(np.ascontiguousarray(gt), dsize, interpolation=mask_interp),
+            cv2.resize(np.ascontiguousarray(coarse), dsize, interpolation=mask_interp))
 
 
 # ---------------------------------------------------------------------------------------------- ordering

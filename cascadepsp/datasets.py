@@ -8,7 +8,8 @@ Layouts:
   (:func:`find_by_stem`);
 * DAVIS: ``JPEGImages/<seq>/<frame>.jpg``, ``Annotations/<seq>/<frame>.png`` (ground truth) and
   ``coarse_u2netp/<seq>/<frame>.png`` (a real segmenter's coarse mask) (:func:`find_davis`);
-* ``images/`` + ``masks/`` folders, the masks being ground truth (:func:`find_images_masks`).
+* ``images/`` + ``masks/`` folders, the masks being ground truth (:func:`find_images_masks`);
+* DUTS: ``DUTS-TR-Image/<stem>.jpg`` + ``DUTS-TR-Mask/<stem>.png`` ground truth (:func:`find_duts`).
 
 Every file is decoded through :mod:`cascadepsp.imageio`, so the folder tool, the evaluation and both trainers
 read a palette, 16-bit or RGBA mask the same way.
@@ -190,6 +191,22 @@ def find_images_masks(root: PathLike) -> list[Sample]:
     return [replace(s, mask=None, gt=s.mask, group=s.name) for s in found.samples if s.problem is None]
 
 
+DUTS_IMAGES, DUTS_MASKS = "DUTS-TR-Image", "DUTS-TR-Mask"
+
+
+def find_duts(root: PathLike) -> list[Sample]:
+    """DUTS-TR photos with their ground-truth masks (``<root>/DUTS-TR-Image`` + ``<root>/DUTS-TR-Mask`` by stem).
+
+    Only the training part exists in our copies; DUTS-TE is the project's reserved final test.
+    """
+    root = Path(root)
+    for sub in (DUTS_IMAGES, DUTS_MASKS):
+        if not (root / sub).is_dir():
+            raise ValueError(f"duts: {root} has no {sub}/ folder (expected the DUTS-TR layout)")
+    found = find_by_stem(root / DUTS_IMAGES, root / DUTS_MASKS)
+    return [replace(s, mask=None, gt=s.mask, group="duts") for s in found.samples if s.problem is None]
+
+
 def davis_sequences(root: PathLike, folder: str = "JPEGImages") -> list[str]:
     """Sorted sequence names of a DAVIS-layout folder (the sub-folders of ``<root>/<folder>``)."""
     base = Path(root) / folder
@@ -245,15 +262,37 @@ DEV_FRACTION = 0.1  # share of the rest held back as the dev part (split_by_name
 SPLITS = ("all", "train", "val", "dev")  # the parts select_samples can return
 
 
+# The dev parts of the larger training sets, carved before anything was trained on them (issue 26): the
+# DUTS_DEV_COUNT DUTS-TR photos and the 3 DAVIS-2016 training sequences with the smallest sha1 of
+# "dev:<name>" (hold_out_by_name). Every design choice and comparison between runs is made on them.
+DEV_SALT = "dev"
+DUTS_DEV_COUNT = 500
+DAVIS_TRAIN_DEV_SEQUENCES = ("bmx-bumps", "surf", "train")  # = hold_out_names(<the 30 sequences>, 3)
+
+
+def _hash_rank(names: Sequence[str], salt: str | int) -> list[str]:
+    return sorted(names, key=lambda n: hashlib.sha1(f"{salt}:{n}".encode()).hexdigest())
+
+
+def hold_out_names(names: Sequence[str], count: int, salt: str | int = DEV_SALT) -> list[str]:
+    """The ``count`` names with the smallest sha1 of ``salt:name``, sorted (stable under reordering)."""
+    if not 0 <= count <= len(names):
+        raise ValueError(f"count: expected 0..{len(names)}, got {count}")
+    return sorted(_hash_rank(names, salt)[:count])
+
+
+def hold_out_by_name(items: Sequence[T], count: int, salt: str | int = DEV_SALT) -> tuple[list[T], list[T]]:
+    """(rest, held): the ``count`` items whose name has the smallest sha1 of ``salt:name`` are held out."""
+    held = set(hold_out_names([it.name for it in items], count, salt))
+    return [it for it in items if it.name not in held], [it for it in items if it.name in held]
+
+
 def split_by_name(items: Sequence[T], val_fraction: float = VAL_FRACTION, seed: int = 0) -> tuple[list[T], list[T]]:
     """Deterministic (train, val) split of independent images: the ``val_fraction`` with the smallest sha1 of
     ``seed:name`` go to validation (stable under reordering; adding images moves few others)."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
-    n_val = int(round(len(items) * val_fraction))
-    ranked = sorted(items, key=lambda it: hashlib.sha1(f"{seed}:{it.name}".encode()).hexdigest())
-    val_names = {it.name for it in ranked[:n_val]}
-    return [it for it in items if it.name not in val_names], [it for it in items if it.name in val_names]
+    return hold_out_by_name(items, int(round(len(items) * val_fraction)), seed)
 
 
 def split_sequences(seqs: Sequence[str], val_sequences: Sequence[str] | None = None, n_val: int = 3

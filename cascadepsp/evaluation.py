@@ -28,6 +28,7 @@ from .datasets import Sample, select_samples
 from .metrics import SegMetrics
 
 __all__ = ["COARSE", "REFINER", "EvalResults", "Sample", "build_methods", "davis_triplets", "evaluate_pairs",
+           "evaluate_sets", "format_sets_table",
            "find_triplets", "format_table", "load_sample", "match_folders", "report", "save_figure", "select_samples",
            "write_csv", "write_summary_json"]
 
@@ -199,6 +200,54 @@ def evaluate_pairs(samples: Sequence[Sample], methods: dict[str, Method], *, lim
         worst=[e for _, _, e in sorted(worst, key=lambda t: t[0], reverse=True)],
         best=[e for _, _, e in sorted(best, key=lambda t: t[0], reverse=True)],
     )
+
+
+SMALL_SIDE = 500  # photos with a long side under this many px form each set's "small" subset
+
+
+def evaluate_sets(sets: dict[str, Sequence[Sample]], methods: dict[str, Method], *, small_side: int = SMALL_SIDE,
+                  progress: bool = False) -> dict[str, dict[str, dict[str, float]]]:
+    """Score the coarse input and every method on several sets of triplets at once.
+
+    Returns ``{group: {method: SegMetrics summary}}`` for each set, each set's photos with a long side under
+    ``small_side`` (``"<set>/small"``), and the union of the sets that share a kind of coarse mask (the part
+    of the set name after its first ``_``, as ``"all_<kind>"``; e.g. ``human_u2netp`` + ``davis_u2netp``).
+    """
+    names = [COARSE, *methods]
+    meters: dict[str, dict[str, SegMetrics]] = {}
+
+    def add(group: str, name: str, pred: np.ndarray, gt: np.ndarray) -> None:
+        meters.setdefault(group, {n: SegMetrics() for n in names})[name].update(pred, gt)
+
+    for set_name, samples in sets.items():
+        kind = set_name.split("_", 1)[1] if "_" in set_name else set_name
+        iterator: Iterable[Sample] = samples
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(samples, desc=set_name, unit="img")
+        for sample in iterator:
+            image, seg, gt = load_sample(sample)
+            groups = [set_name, f"all_{kind}"] + ([f"{set_name}/small"] if max(gt.shape) < small_side else [])
+            for name in names:
+                pred = seg if name == COARSE else methods[name](image, seg)
+                for group in groups:
+                    add(group, name, pred, gt)
+    return {g: {n: m.summary() for n, m in ms.items()} for g, ms in meters.items()}
+
+
+def format_sets_table(scores: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown table: per group, the coarse IoU / mBA and every method's change of both (points, in %)."""
+    methods = [n for n in next(iter(scores.values())) if n != COARSE]
+    head = "| set | n | coarse IoU | coarse mBA | " + " | ".join(f"{m} dIoU / dmBA" for m in methods) + " |"
+    lines = [head, "|" + "---|" * (4 + len(methods))]
+    for group in sorted(scores, key=lambda g: (g.startswith("all_"), g)):
+        base = scores[group][COARSE]
+        cells = [f"{100 * (scores[group][m]['iou'] - base['iou']):+.2f} / {100 * (scores[group][m]['mba'] - base['mba']):+.2f}"
+                 for m in methods]
+        lines.append(f"| {group} | {base['n_images']} | {100 * base['iou']:.2f} | {100 * base['mba']:.2f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _push(heap: list, item: tuple, k: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -155,6 +156,33 @@ def local_band(model: nn.Module) -> tuple[float, float]:
     the original's for a model without a config."""
     config = getattr(model, "config", None)
     return tuple(getattr(config, "local_fg_band", ORIGINAL_BAND))
+
+
+def edit_band(model: nn.Module) -> float:
+    """The do-no-harm band stored with the weights (``RMConfig.edit_band``; 0 = off, also without a config)."""
+    return float(getattr(getattr(model, "config", None), "edit_band", 0.0))
+
+
+def band_radius(h: int, w: int, fraction: float) -> float:
+    """The edit band's radius in pixels for an h x w image: ``fraction`` x (h + w) / 2."""
+    return fraction * (h + w) / 2
+
+
+def distance_to_boundary(fg: np.ndarray) -> np.ndarray:
+    """float32 HxW: each pixel's Euclidean distance to the nearest pixel of the other class of ``fg`` (bool)."""
+    u8 = fg.astype(np.uint8)
+    inside = cv2.distanceTransform(u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = cv2.distanceTransform(1 - u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.where(fg, inside, outside)
+
+
+def confine_to_band(prob: np.ndarray, fg: np.ndarray, fraction: float) -> np.ndarray:
+    """``prob`` where a pixel lies within the edit band of the coarse mask ``fg``'s boundary, else ``fg``'s own
+    label (0 / 1): the refiner may move a boundary, never flip a region far from one. ``fraction`` 0: unchanged."""
+    if fraction <= 0:
+        return prob
+    far = distance_to_boundary(fg) > band_radius(*fg.shape, fraction)
+    return np.where(far, fg.astype(prob.dtype), prob)
 
 
 def global_step(model: nn.Module, im: Tensor, seg: Tensor, L: int) -> tuple[Tensor, Tensor]:

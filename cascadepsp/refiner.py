@@ -129,6 +129,7 @@ class Refiner:
         self.engine = engine
         self.backend = backend
         self.model = _resolve_model(weights).to(self.device).eval()
+        self.edit_band = inference.edit_band(self.model)  # read before a backend replaces the module
         if backend == "openvino":
             self.model = _openvino_model(self.model, self.device, precision, compile, cache_dir)
             channels_last = False  # the OpenVINO graph takes plain contiguous arrays
@@ -153,14 +154,16 @@ class Refiner:
         if fg.all():
             return np.ones(fg.shape, np.float32)
         if self._runner is not None:
-            return self._runner.refine(rgb, fg, L=L, fast=fast)
-        im = inference.image_to_tensor(rgb, self.device)
-        seg = inference.mask_to_tensor(fg, self.device)
-        if fast:
-            prob = inference.refine_single_pass(self.model, im, seg, L)
+            prob = self._runner.refine(rgb, fg, L=L, fast=fast)
         else:
-            prob = inference.refine_reference(self.model, im, seg, L)
-        return prob[0, 0].float().cpu().numpy()
+            im = inference.image_to_tensor(rgb, self.device)
+            seg = inference.mask_to_tensor(fg, self.device)
+            if fast:
+                out = inference.refine_single_pass(self.model, im, seg, L)
+            else:
+                out = inference.refine_reference(self.model, im, seg, L)
+            prob = out[0, 0].float().cpu().numpy()
+        return inference.confine_to_band(prob, fg, self.edit_band)
 
     def refine(self, image: Any, mask: Any, fast: bool = False, L: int = 900, threshold: float | None = None,
                bgr: bool = False) -> np.ndarray:

@@ -27,7 +27,19 @@ from . import data as D
 from . import runfiles
 from .checkpoint import load_state_tolerant, load_weights
 from .config import PRESETS, RMConfig, get_config
-from .datasets import DEV_FRACTION, VAL_FRACTION, Sample, split_by_name, split_davis, split_dev_sequences
+from .datasets import (
+    DAVIS_TRAIN_DEV_SEQUENCES,
+    DEV_FRACTION,
+    DEV_SALT,
+    DUTS_DEV_COUNT,
+    VAL_FRACTION,
+    Sample,
+    davis_sequences,
+    hold_out_by_name,
+    split_by_name,
+    split_davis,
+    split_dev_sequences,
+)
 from .inference import image_to_tensor, mask_to_tensor, refine_single_pass
 from .losses import LOSS_PARTS, LossWeights, refinement_loss
 from .metrics import SegMetrics
@@ -35,9 +47,9 @@ from .model import RefinementModule
 from .weights import MODEL_FORMAT, resolve_device, save_model
 
 CKPT_NAME = runfiles.CKPT_NAME
-SOURCES = ("davis", "human_seg")  # names of the training data sources
+SOURCES = ("davis", "human_seg", "duts", "davis_train")  # names of the training data sources
 RESUME_MUST_MATCH = ("preset", "residual", "seed", "split_seed", "batch_size", "crop_size")  # data, shapes
-RESUME_SHOULD_MATCH = ("iterations", "lr", "milestones", "augment", "human_seg", "davis")
+RESUME_SHOULD_MATCH = ("iterations", "lr", "milestones", "augment", "human_seg", "davis", "duts", "davis_train")
 
 
 @dataclass
@@ -52,6 +64,14 @@ class TrainConfig:
     human_seg: str | None = None  # folder of <name>_im.jpg / <name>_gt.png
     davis: str | None = None  # DAVIS-layout folder
     backgrounds: str | None = None  # folder of background photos for copy-paste
+    # DUTS-TR (DUTS-TR-Image/ + DUTS-TR-Mask/): DUTS_DEV_COUNT photos held back as dev by name hash
+    duts: str | None = None
+    duts_dev_count: int = DUTS_DEV_COUNT
+    duts_repeat: int = 1
+    # a DAVIS-layout folder of training sequences only (the DAVIS-2016 train set): every sequence trains,
+    # but davis_train_dev_sequences are held back as dev (it has no validation split of its own)
+    davis_train: str | None = None
+    davis_train_dev_sequences: tuple[str, ...] = DAVIS_TRAIN_DEV_SEQUENCES
     davis_val_sequences: tuple[str, ...] | None = None  # default: the last `davis_n_val` in sorted order
     davis_n_val: int = 3
     human_seg_val_fraction: float = VAL_FRACTION
@@ -94,6 +114,7 @@ class TrainConfig:
     out_dir: str = "runs/refiner"
     val_every: int = 1000
     ckpt_every: int = 500
+    keep_every: int = 0  # also export the model as step_<N>.safetensors every N steps (dev selection, averaging)
     log_every: int = 20
     val_max_items: int = 64  # validation images per source (evenly spaced)
     val_max_side: int = 640
@@ -135,7 +156,7 @@ class TrainConfig:
             if k in aug:
                 aug[k] = tuple(aug[k])
         lw = LossWeights(**d.pop("loss_weights", {}) or {})
-        for k in ("milestones", "davis_val_sequences", "real_coarse_sources"):
+        for k in ("milestones", "davis_val_sequences", "real_coarse_sources", "davis_train_dev_sequences"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(augment=D.AugmentConfig(**aug), loss_weights=lw, **d)
@@ -184,9 +205,28 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
         val_items["davis"] = [s for s in held_items if s.mask is not None] or held_items
         summary["davis"] = {"path": cfg.davis, "train_sequences": tr_seq, "dev_sequences": dev_seq,
                             "val_sequences": va_seq, "train": len(dv_train)}
+    if cfg.duts:
+        du_train, du_dev = hold_out_by_name(D.list_duts(cfg.duts), cfg.duts_dev_count if dev else 0, DEV_SALT)
+        train_items += du_train * max(1, cfg.duts_repeat)
+        if du_dev:
+            val_items["duts"] = du_dev
+        summary["duts"] = {"path": cfg.duts, "train": len(du_train), "dev": len(du_dev), "repeat": cfg.duts_repeat}
+    if cfg.davis_train:
+        seqs = davis_sequences(cfg.davis_train)
+        held = [q for q in cfg.davis_train_dev_sequences if q in seqs] if dev else []
+        missing = sorted(set(cfg.davis_train_dev_sequences) - set(seqs)) if dev else []
+        if missing:
+            raise ValueError(f"davis_train_dev_sequences: {missing} not in {cfg.davis_train}")
+        dt_train = D.list_davis(cfg.davis_train, [q for q in seqs if q not in held])
+        train_items += _without_real_coarse(dt_train, "davis_train" not in cfg.real_coarse_sources)
+        if held:
+            held_items = D.list_davis(cfg.davis_train, held)
+            val_items["davis_train"] = [s for s in held_items if s.mask is not None] or held_items[::5]
+        summary["davis_train"] = {"path": cfg.davis_train, "train_sequences": len(seqs) - len(held),
+                                  "dev_sequences": held, "train": len(dt_train)}
     summary["validate_on"] = cfg.validate_on
     if not train_items:
-        raise ValueError("TrainConfig: give at least one data source (human_seg or davis)")
+        raise ValueError("TrainConfig: give at least one data source (human_seg, davis, duts or davis_train)")
     t0 = time.perf_counter()
     store = D.ImageStore(train_items, cfg.max_side)
     store.preload(preload_threads)
@@ -478,6 +518,8 @@ class Trainer:
                         tqdm.write(self._format_val(val))
                 if row is not None:
                     self._log(row)
+                if cfg.keep_every > 0 and self.step % cfg.keep_every == 0:
+                    self.export(self.out_dir / f"step_{self.step}.safetensors")
                 if cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0 and self.step < stop:
                     ts = time.perf_counter()
                     self.save_checkpoint()

@@ -27,6 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--human-seg", help="folder of <name>_im.jpg / <name>_gt.png pairs")
     g.add_argument("--davis", help="DAVIS-layout folder (JPEGImages/, Annotations/)")
     g.add_argument("--backgrounds", help="folder of background photos for copy-paste compositing")
+    g.add_argument("--duts", help="DUTS-TR folder (DUTS-TR-Image/, DUTS-TR-Mask/); "
+                   f"{d.duts_dev_count} photos are held back as dev by name hash")
+    g.add_argument("--duts-repeat", type=int, default=d.duts_repeat)
+    g.add_argument("--davis-train", help="DAVIS-layout folder of training sequences only (DAVIS-2016 train); "
+                   f"{', '.join(d.davis_train_dev_sequences)} are held back as dev")
     g.add_argument("--davis-val", nargs="*", help="DAVIS sequences held out for validation "
                    f"(default: the last {d.davis_n_val} in sorted order)")
     g.add_argument("--human-seg-repeat", type=int, default=d.human_seg_repeat)
@@ -37,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--saturation", type=float, default=d.augment.saturation)
     g.add_argument("--real-coarse-prob", type=float, default=d.augment.real_coarse_prob,
                    help="chance to train on the source's real segmenter mask instead of a synthetic one")
+    g.add_argument("--global-view-prob", type=float, default=d.augment.global_view_prob,
+                   help="share of crops cut from the photo resized to long side --global-L as the global step "
+                        "resizes it (small photos upsampled bicubically), coarse mask made before the resize")
+    g.add_argument("--global-L", type=int, default=d.augment.global_L)
     g.add_argument("--lowres-prob", type=float, default=d.augment.lowres_prob,
                    help="share of synthetic coarse masks made like a low-resolution segmenter's (smooth, a few "
                         "px off; cascadepsp.perturb.lowres_mask) instead of the original's polygon/morphology")
@@ -77,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--val-items", type=int, default=d.val_max_items, help="validation images per source")
     g.add_argument("--val-L", type=int, default=d.val_L)
     g.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    g.add_argument("--keep-every", type=int, default=d.keep_every,
+                   help="also export step_<N>.safetensors every N steps (0: off)")
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint saved) within this budget")
     g.add_argument("--resume", action="store_true", help=f"continue from <out>/{CKPT_NAME} if present")
@@ -92,25 +103,27 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
         validate_on=a.validate_on, real_coarse_sources=tuple(a.real_coarse_sources), davis_n_dev=a.davis_n_dev,
         human_seg_dev_fraction=a.human_seg_dev_fraction,
         boundary_weight=a.boundary_weight, boundary_radius=a.boundary_radius,
-        guided_lr_scale=a.guided_lr_scale, human_seg=a.human_seg, davis=a.davis,
+        guided_lr_scale=a.guided_lr_scale, human_seg=a.human_seg, davis=a.davis, duts=a.duts,
+        duts_repeat=a.duts_repeat, davis_train=a.davis_train,
         backgrounds=a.backgrounds,
         davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat,
         max_side=a.max_side, batch_size=a.batch_size, iterations=a.iters, lr=a.lr, weight_decay=a.weight_decay,
         grad_clip=a.grad_clip, amp=not a.no_amp, seed=a.seed, device=a.device, num_workers=a.workers,
         threads=a.threads, out_dir=a.out, val_every=a.val_every, val_max_items=a.val_items, val_L=a.val_L,
-        ckpt_every=a.ckpt_every, log_every=a.log_every, max_minutes=a.max_minutes, tensorboard=a.tensorboard,
+        ckpt_every=a.ckpt_every, keep_every=a.keep_every, log_every=a.log_every, max_minutes=a.max_minutes, tensorboard=a.tensorboard,
         progress=not a.no_progress,
     )
     return config_replace(cfg, augment__crop_size=a.crop, augment__composite_prob=a.composite_prob,
                           augment__brightness=a.brightness, augment__contrast=a.contrast,
                           augment__saturation=a.saturation, augment__real_coarse_prob=a.real_coarse_prob,
-                          augment__lowres_prob=a.lowres_prob)
+                          augment__lowres_prob=a.lowres_prob, augment__global_view_prob=a.global_view_prob,
+                          augment__global_L=a.global_L)
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    if not (a.human_seg or a.davis):
-        print("error: give --human-seg and/or --davis", file=sys.stderr)
+    if not (a.human_seg or a.davis or a.duts or a.davis_train):
+        print("error: give at least one of --human-seg, --davis, --duts, --davis-train", file=sys.stderr)
         return 2
     cfg = build_config(a)
     trainer = Trainer(cfg)

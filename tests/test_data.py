@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from cascadepsp import data as D
-from cascadepsp.datasets import split_by_name, split_davis
+from cascadepsp.datasets import (
+    DAVIS_TRAIN_DEV_SEQUENCES,
+    hold_out_by_name,
+    hold_out_names,
+    split_by_name,
+    split_davis,
+)
 from cascadepsp.inference import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -222,3 +228,50 @@ def test_bad_augment_config():
         D.AugmentConfig(composite_prob=1.5)
     with pytest.raises(ValueError, match="lowres_prob"):
         D.AugmentConfig(lowres_prob=-0.1)
+
+
+def make_duts_folder(root: Path, n: int = 8) -> Path:
+    (root / "DUTS-TR-Image").mkdir(parents=True)
+    (root / "DUTS-TR-Mask").mkdir(parents=True)
+    for i in range(n):
+        write_disk(root / "DUTS-TR-Image" / f"ILSVRC_{i:04d}.jpg", root / "DUTS-TR-Mask" / f"ILSVRC_{i:04d}.png",
+                   48, 64, 40 + i)
+    return root
+
+
+def test_duts_listing_and_the_dev_carve(tmp_path):
+    items = D.list_duts(make_duts_folder(tmp_path / "duts"))
+    assert [it.name for it in items] == [f"ILSVRC_{i:04d}" for i in range(8)]
+    assert all(it.gt is not None and it.gt.parent.name == "DUTS-TR-Mask" and it.mask is None for it in items)
+    rest, held = hold_out_by_name(items, 3)
+    assert len(held) == 3 and len(rest) == 5 and not {i.name for i in rest} & {i.name for i in held}
+    assert {i.name for i in hold_out_by_name(list(reversed(items)), 3)[1]} == {i.name for i in held}
+    # the recorded DAVIS dev sequences are the ones the hash rule picks from the 30 DAVIS-2016 training sequences
+    davis_train = ("bear bmx-bumps boat breakdance-flare bus car-turn dance-jump dog-agility drift-turn elephant "
+                   "flamingo hike hockey horsejump-low kite-walk lucia mallard-fly mallard-water motocross-bumps "
+                   "motorbike paragliding rhino rollerblade scooter-gray soccerball stroller surf swing tennis "
+                   "train").split()
+    assert tuple(hold_out_names(davis_train, 3)) == DAVIS_TRAIN_DEV_SEQUENCES
+    with pytest.raises(ValueError, match="DUTS-TR-Image"):
+        D.list_duts(tmp_path)
+    with pytest.raises(ValueError, match="count"):
+        hold_out_by_name(items, 9)
+
+
+def test_global_view_crops_are_taken_at_the_global_steps_scale(folder, tmp_path):
+    """A 64-96 px photo is upsampled to long side global_L before cropping, its coarse mask with it."""
+    native = make_dataset(folder, tmp_path, seed=2, crop=48, composite_prob=0.0)
+    view = make_dataset(folder, tmp_path, seed=2, crop=48, composite_prob=0.0, global_view_prob=1.0, global_L=384)
+    soft_native, soft_view = [], []
+    for i in range(len(native)):
+        for ds, out in ((native, soft_native), (view, soft_view)):
+            image, gt, coarse = ds.make_sample(0, i)
+            assert image.shape == (48, 48, 3) and gt.shape == coarse.shape == (48, 48)
+            out.append(np.count_nonzero((coarse > 0) & (coarse < 255)) / coarse.size)
+    # the coarse mask is made at the photo's resolution and upsampled bilinearly with it: soft edges appear
+    assert sum(v > 0 for v in soft_view) >= len(soft_view) // 2 and max(soft_native) == 0
+    image, gt, coarse = D.global_view(np.zeros((30, 40, 3), np.uint8), np.zeros((30, 40), np.uint8),
+                                      np.zeros((30, 40), np.uint8), 80)
+    assert image.shape == (60, 80, 3) and gt.shape == coarse.shape == (60, 80)
+    with pytest.raises(ValueError, match="global_view_prob"):
+        D.AugmentConfig(global_view_prob=1.5)

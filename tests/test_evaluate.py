@@ -18,7 +18,9 @@ from cascadepsp.evaluation import (
     build_methods,
     davis_triplets,
     evaluate_pairs,
+    evaluate_sets,
     find_triplets,
+    format_sets_table,
     format_table,
     load_sample,
     match_folders,
@@ -272,3 +274,39 @@ def test_boundary_headroom_oracles(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert headroom.main([str(tmp_path / "empty")]) == 2
     assert "error: directory: no <name>_im" in capsys.readouterr().err
+
+
+def test_evaluate_sets_scores_each_set_its_small_photos_and_each_kind(tmp_path):
+    _write_flat(tmp_path / "a_real", 3)
+    _write_flat(tmp_path / "b_real", 2)
+    sets = {name: find_triplets(tmp_path / name) for name in ("a_real", "b_real")}
+    scores = evaluate_sets(sets, {"morph": BASELINES["morph"]}, small_side=60)  # the 48x64 photos are not small
+    assert set(scores) == {"a_real", "b_real", "all_real"}
+    assert scores["all_real"][COARSE]["n_images"] == 5 and scores["a_real"]["morph"]["n_images"] == 3
+    one = evaluate_pairs(sets["a_real"], {"morph": BASELINES["morph"]}).summary
+    assert scores["a_real"]["morph"]["mba"] == pytest.approx(one["morph"]["mba"])
+    assert scores["a_real"][COARSE]["iou"] == pytest.approx(one[COARSE]["iou"])
+    small = evaluate_sets(sets, {"morph": BASELINES["morph"]}, small_side=65)
+    assert small["a_real/small"][COARSE]["n_images"] == 3 and "b_real/small" in small
+    table = format_sets_table(scores)
+    assert "| all_real | 5 |" in table and "morph dIoU / dmBA" in table
+
+
+def test_model_card_renders_the_files_metadata(tmp_path, small_model):
+    from cascadepsp.model_card import render_model_card
+
+    _write_flat(tmp_path / "h_real", 2)
+    scores = evaluate_sets({"h_real": find_triplets(tmp_path / "h_real")}, {"morph": BASELINES["morph"]})
+    data = {"duts": {"train": 10053, "dev": 500, "repeat": 1}, "davis": {"train": 834, "val_sequences": ["parkour"]},
+            "backgrounds": {"count": 5}}
+    path = cascadepsp.save_model(small_model, tmp_path / "w.safetensors", metadata={
+        "note": "a test file", "steps": 12, "data": data, "train_command": "train_refiner.py --iters 12",
+        "evaluation": {"dev": {"command": "evaluate_dev.py X", "scores": scores},
+                       "val": {"command": "evaluate.py Y", "summary": {"coarse": {"iou": 0.5, "mba": 0.6},
+                                                                      "cascadepsp": {"iou": 0.55, "mba": 0.7}}}}})
+    card = render_model_card(path, "default")
+    assert card.startswith("# Model card: `default`") and "- note: a test file" in card
+    assert "| duts | 10053 | 500 |" in card and "val: parkour" in card and "CC BY 4.0" in card
+    assert "`evaluate_dev.py X`" in card and "| h_real | 2 |" in card
+    assert "| cascadepsp | 55.00 | 70.00 | +5.00 | +10.00 |" in card
+    assert '| backbone | `"resnet18"` |' in card

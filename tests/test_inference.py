@@ -9,6 +9,8 @@ import torch
 from cascadepsp import Refiner
 from cascadepsp.config import RMConfig
 from cascadepsp.inference import (
+    confine_to_band,
+    distance_to_boundary,
     global_step,
     iter_windows_to_refine,
     local_band,
@@ -207,3 +209,32 @@ def test_refiner_runs_under_inference_mode(scene):
     image, mask = scene
     Refiner(device="cpu", weights=Probe()).refine(image, mask, fast=True, L=96)
     assert seen["inference"] is True
+
+
+@pytest.mark.parametrize("engine", ["reference", "batched"])
+def test_edit_band_keeps_the_coarse_label_away_from_its_boundary(engine):
+    """Do no harm: with RMConfig.edit_band the refiner's output (a constant 0.25 here) is kept only within
+    edit_band x (H + W) / 2 px of the coarse boundary; every pixel farther away keeps the coarse label."""
+    image = np.zeros((200, 200, 3), np.uint8)
+    mask = np.zeros((200, 200), bool)
+    mask[50:150, 50:150] = True
+    model = _Scripted()
+    model.config = RMConfig(local_fg_band=(0.0, 1.0), edit_band=0.05)  # 10 px
+    prob = Refiner(device="cpu", weights=model, engine=engine).refine_probability(image, mask, L=200)
+    dist = distance_to_boundary(mask)
+    near = dist <= 10
+    assert np.allclose(prob[near], 0.25, atol=1e-3)
+    assert np.array_equal(prob[~near], mask[~near].astype(np.float32))
+    assert near.any() and (~near & mask).any() and (~near & ~mask).any()
+    assert dist[100, 100] == 50 and dist[50, 100] == 1 and dist[49, 100] == 1  # distance to the other class
+    unconfined = Refiner(device="cpu", weights=_Scripted_with(RMConfig(local_fg_band=(0.0, 1.0))), engine=engine)
+    assert np.allclose(unconfined.refine_probability(image, mask, L=200), 0.25, atol=1e-3)
+    assert confine_to_band(prob, mask, 0.0) is prob
+    with pytest.raises(ValueError, match="edit_band"):
+        RMConfig(edit_band=-0.1)
+
+
+def _Scripted_with(config: RMConfig) -> _Scripted:
+    model = _Scripted()
+    model.config = config
+    return model

@@ -118,3 +118,15 @@ def test_average_weights_of_one_architecture(tmp_path):
     for bad in ([str(files[0])], [str(files[0]), str(other)], [str(files[0]), str(tmp_path / "missing.safetensors")]):
         with pytest.raises(SystemExit):
             _script("average_weights").main([str(tmp_path / "x.safetensors"), *bad])
+
+
+def test_package_stores_the_edit_band_with_a_refiner(tmp_path, small_model):
+    src = cascadepsp.save_model(small_model, tmp_path / "best.safetensors")
+    dst = tmp_path / "shipped.safetensors"
+    main = _script("package_weights").main
+    assert main([str(src), str(dst), "--edit-band", "0.03"]) == 0
+    assert cascadepsp.load_model(dst).config.edit_band == 0.03
+    assert cascadepsp.Refiner(device="cpu", weights=dst).edit_band == 0.03
+    assert cascadepsp.load_model(src).config.edit_band == 0.0  # the source file is not touched
+    with pytest.raises(SystemExit):
+        main([str(src), str(tmp_path / "bad.safetensors"), "--edit-band", "2"])

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Score a refiner on the dev sets (scripts/make_dev_sets.py): a table per source, kind of coarse mask and
+subset (small photos), with the guided-filter baseline and the do-no-harm edit band at several widths.
+
+The refiner runs once per image; every band width is applied to that one probability map
+(``cascadepsp.inference.confine_to_band``), so a sweep costs no more than one run.
+
+    python scripts/evaluate_dev.py runs/dev --weights default --bands 0.02,0.05 --out-json runs/dev_default.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cascadepsp.baselines import BASELINES
+from cascadepsp.evaluation import REFINER, evaluate_sets, find_triplets, format_sets_table
+from cascadepsp.imageio import write_atomic
+from cascadepsp.inference import confine_to_band
+from cascadepsp.inputs import to_binary_mask
+from cascadepsp.refiner import Refiner
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("root", help="folder of dev sets (one sub-folder of <name>_im / _seg / _gt triplets per set)")
+    p.add_argument("--weights", default="default")
+    p.add_argument("--device", default=None)
+    p.add_argument("--sets", help="comma-separated set names (default: every sub-folder)")
+    p.add_argument("--limit", type=int, help="at most N evenly spaced photos per set (quick comparisons)")
+    p.add_argument("--bands", default="", help="comma-separated edit-band widths to try (fractions of (H+W)/2)")
+    p.add_argument("--baselines", default="guided", help="comma-separated baselines ('' for none)")
+    p.add_argument("--out-json", help="write the scores and the command here")
+    return p.parse_args(argv)
+
+
+def band_methods(refiner: Refiner, bands: list[float]) -> dict[str, object]:
+    """The refiner as shipped (its own edit band), unconfined, and at each band width, from one run per image."""
+    own = refiner.edit_band
+    refiner.edit_band = 0.0
+    last: dict[str, object] = {}
+
+    def prob(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if last.get("mask") is not mask:  # the methods of one image are called in turn with the same arrays
+            last.update(mask=mask, prob=refiner.refine_probability(image, mask))
+        return last["prob"]
+
+    def with_band(fraction: float):
+        def run(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            p = confine_to_band(prob(image, mask), to_binary_mask(mask), fraction)
+            return (p * 255).astype(np.uint8)
+        return run
+
+    methods = {REFINER: with_band(own)}
+    if own > 0:
+        methods["unconfined"] = with_band(0.0)
+    for b in bands:
+        if b != own:
+            methods[f"band {b:g}"] = with_band(b)
+    return methods
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    root = Path(a.root)
+    names = a.sets.split(",") if a.sets else sorted(p.name for p in root.iterdir() if p.is_dir())
+    sets = {}
+    for name in names:
+        samples = find_triplets(root / name)
+        if a.limit and len(samples) > a.limit:
+            samples = [samples[i] for i in np.linspace(0, len(samples) - 1, a.limit).round().astype(int)]
+        sets[name] = samples
+    refiner = Refiner(device=a.device, weights=a.weights)
+    methods = band_methods(refiner, [float(b) for b in a.bands.split(",") if b])
+    for b in (x for x in a.baselines.split(",") if x):
+        methods[b] = BASELINES[b]
+    scores = evaluate_sets(sets, methods, progress=sys.stderr.isatty())
+    print(format_sets_table(scores))
+    if a.out_json:
+        doc = {"command": " ".join(sys.argv), "weights": str(a.weights), "scores": scores}
+        write_atomic(a.out_json, json.dumps(doc, indent=1, sort_keys=True).encode())
+        print(f"scores: {a.out_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
