@@ -388,16 +388,15 @@ class RefineTrainDataset(Dataset):
             return self._global_view_sample(image, gt, real if use_real else None, rng)
         image, gt, real = random_crop(image, gt, rng, cfg, extra=real if use_real else None)
         image = color_jitter(image, rng, cfg)
-        coarse = None
-        if real is not None and _mask_iou(real, gt) >= cfg.real_coarse_min_iou:
-            coarse = np.where(real > 127, 255, 0).astype(np.uint8)
-        if coarse is None:
-            # rng is only drawn from when lowres_prob > 0, so runs without it keep their exact samples
-            coarse = self._synthetic_coarse(gt, rng)
+        coarse = self._coarse(real, gt, rng)
         return np.ascontiguousarray(image), np.ascontiguousarray(gt), coarse
 
-    def _synthetic_coarse(self, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _coarse(self, real: np.ndarray | None, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The real coarse mask binarised when given and close enough to the GT, else a synthetic one
+        (rng is only drawn from when lowres_prob > 0, so runs without it keep their exact samples)."""
         cfg = self.config
+        if real is not None and _mask_iou(real, gt) >= cfg.real_coarse_min_iou:
+            return np.where(real > 127, 255, 0).astype(np.uint8)
         if cfg.lowres_prob > 0 and rng.random() < cfg.lowres_prob:
             return lowres_mask(gt > 127, rng, cfg.lowres)
         return perturb_mask(gt > 127, rng, cfg.perturb)
@@ -407,11 +406,7 @@ class RefineTrainDataset(Dataset):
         """A crop of the photo at the global step's scale: the coarse mask is made at the photo's own
         resolution (a real one when usable), then photo, GT and mask are resized as inference resizes them."""
         cfg = self.config
-        coarse = None
-        if real is not None and _mask_iou(real, gt) >= cfg.real_coarse_min_iou:
-            coarse = np.where(real > 127, 255, 0).astype(np.uint8)
-        if coarse is None:
-            coarse = self._synthetic_coarse(gt, rng)
+        coarse = self._coarse(real, gt, rng)
         image, gt, coarse = global_view(image, gt, coarse, cfg.global_L)
         image, gt, coarse = random_crop(image, gt, rng, cfg, extra=coarse, scale=1.0)
         image = color_jitter(image, rng, cfg)
