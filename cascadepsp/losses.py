@@ -75,8 +75,16 @@ def _mean(x: Tensor, weight: Tensor | None) -> Tensor:
     return x.mean() if weight is None else (x * weight).sum() / weight.sum()
 
 
+def keep_mask(coarse: Tensor, gt_bin: Tensor, radius: int) -> Tensor:
+    """1 where the coarse mask already has the GT's label and lies within ``radius`` px of the coarse
+    boundary (the pixels a refiner can get wrong by moving a right edge), else 0 (B,1,H,W)."""
+    coarse_bin = (coarse > 0.5).float()
+    return boundary_band(coarse_bin, radius) * (coarse_bin == gt_bin).float()
+
+
 def refinement_loss(out: dict[str, Tensor], gt: Tensor, weights: LossWeights = LossWeights(),
                     boundary_weight: float = 0.0, boundary_radius: int = 5,
+                    coarse: Tensor | None = None, keep_weight: float = 0.0, keep_radius: int = 12,
                     ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total weighted loss over the six output slots, and a dict of its unweighted parts (detached
     0-d tensors, so logging costs no device sync until read) for logging.
@@ -91,9 +99,18 @@ def refinement_loss(out: dict[str, Tensor], gt: Tensor, weights: LossWeights = L
         raise ValueError(f"gt: expected a (B,1,H,W) tensor, got shape {tuple(gt.shape)}")
     if boundary_weight < 0:
         raise ValueError(f"boundary_weight: expected >= 0, got {boundary_weight}")
+    if keep_weight < 0:
+        raise ValueError(f"keep_weight: expected >= 0, got {keep_weight}")
+    if keep_weight and (coarse is None or coarse.shape != gt.shape):
+        raise ValueError(f"coarse: keep_weight needs a coarse mask of the GT's shape {tuple(gt.shape)}, got "
+                         f"{None if coarse is None else tuple(coarse.shape)}")
     gt = gt.float()
     gt_bin = (gt > 0.5).float()
-    pix_w = 1.0 + boundary_weight * boundary_band(gt_bin, boundary_radius) if boundary_weight else None
+    pix_w = None
+    if boundary_weight:
+        pix_w = 1.0 + boundary_weight * boundary_band(gt_bin, boundary_radius)
+    if keep_weight:
+        pix_w = (1.0 if pix_w is None else pix_w) + keep_weight * keep_mask(coarse.float(), gt_bin, keep_radius)
     w = weights.to_dict()
     total = gt.new_zeros(())
     parts: dict[str, Tensor] = {}

@@ -99,6 +99,9 @@ class TrainConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     boundary_weight: float = 0.0  # extra CE/L1/L2 weight of pixels near the GT boundary (0: the original's)
     boundary_radius: int = 5
+    # do no harm: extra weight of pixels the coarse input had right within keep_radius of its edge (0: off)
+    keep_weight: float = 0.0
+    keep_radius: int = 12
     # learning-rate multiplier of the guided output stage (its gate bias and regulariser start far from where
     # they end up, and Adam moves a parameter by about lr per step); 1 keeps one parameter group
     guided_lr_scale: float = 1.0
@@ -385,9 +388,13 @@ class Trainer:
         return DataLoader(self.data.train, batch_sampler=sampler, num_workers=cfg.num_workers,
                           pin_memory=self.device.type == "cuda", **kw)
 
-    def loss(self, out: dict[str, torch.Tensor], gt: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The run's training loss (slot weights and boundary weighting of its config)."""
-        return refinement_loss(out, gt, self.cfg.loss_weights, self.cfg.boundary_weight, self.cfg.boundary_radius)
+    def loss(self, out: dict[str, torch.Tensor], gt: torch.Tensor, seg: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The run's training loss (slot weights, boundary and keep weighting of its config); ``seg`` is the
+        model's coarse input in [-1, 1]."""
+        c = self.cfg
+        return refinement_loss(out, gt, c.loss_weights, c.boundary_weight, c.boundary_radius,
+                               coarse=(seg + 1) / 2, keep_weight=c.keep_weight, keep_radius=c.keep_radius)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimisation step on a batch; returns the loss parts, grad norm and lr used."""
@@ -398,7 +405,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             out = self.model(im, seg)
-        loss, parts = self.loss(out, gt)
+        loss, parts = self.loss(out, gt, seg)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
@@ -572,7 +579,7 @@ class Trainer:
                 im = torch.stack([x["image"] for x in batch]).to(self.device)
                 gt = torch.stack([x["gt"] for x in batch]).to(self.device)
                 seg = torch.stack([x["seg"] for x in batch]).to(self.device)
-                loss, _ = self.loss(self.model(im, seg), gt)
+                loss, _ = self.loss(self.model(im, seg), gt, seg)
                 total += float(loss) * len(batch)
             result["val_loss"] = total / max(1, n)
         self.model.train()

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cascadepsp.losses import LossWeights, boundary_band, gradient_loss, gradient_magnitude, refinement_loss
+from cascadepsp.losses import (
+    LossWeights,
+    boundary_band,
+    gradient_loss,
+    gradient_magnitude,
+    keep_mask,
+    refinement_loss,
+)
 
 KEYS = ("224", "28", "56", "28_2", "28_3", "56_2")
 
@@ -142,3 +149,32 @@ def test_boundary_weight_counts_errors_on_the_boundary_more():
     assert loss(gt, 4.0) < 1e-4  # a perfect prediction stays (near) zero
     with pytest.raises(ValueError, match="boundary_weight"):
         refinement_loss(outputs_from_probs({k: gt for k in KEYS}), gt, w, -1.0)
+
+
+def test_keep_mask_marks_right_pixels_near_the_coarse_edge_only():
+    gt = disk_gt()
+    coarse = gt.clone()
+    coarse[..., :, 20:] = 0  # the coarse mask misses the disk's right part
+    keep = keep_mask(coarse, gt, radius=2)
+    assert keep.sum() > 0
+    assert torch.all(keep[(coarse != gt)] == 0)  # wrong pixels are never "kept"
+    far = boundary_band(coarse, 2) == 0
+    assert torch.all(keep[far] == 0)  # nor pixels away from the coarse edge
+
+
+def test_keep_weight_makes_flipping_a_right_edge_cost_more():
+    gt = disk_gt()
+    coarse = gt.clone()  # a good coarse mask
+    harmed = gt.clone()
+    harmed[..., 10:22, 4:9] = 0  # the refiner erased a part the coarse mask had right
+    out = outputs_from_probs({k: harmed for k in KEYS})
+    plain, _ = refinement_loss(out, gt)
+    kept, _ = refinement_loss(out, gt, coarse=coarse, keep_weight=4.0, keep_radius=6)
+    assert kept > plain * 1.1  # a weighted mean: the weight also grows the denominator
+    # a right prediction costs (almost) nothing either way
+    right = outputs_from_probs({k: gt for k in KEYS})
+    assert refinement_loss(right, gt, coarse=coarse, keep_weight=4.0)[0] < 0.05
+    with pytest.raises(ValueError, match="coarse"):
+        refinement_loss(out, gt, keep_weight=1.0)
+    with pytest.raises(ValueError, match="keep_weight"):
+        refinement_loss(out, gt, coarse=coarse, keep_weight=-1.0)
