@@ -42,8 +42,14 @@ def mask_to_tensor(mask: np.ndarray, device: torch.device | str = "cpu") -> Tens
 
 
 def resize_max_side(x: Tensor, side: int, mode: str) -> Tensor:
-    """Rescale so the long side becomes ``side`` (by scale factor, so it may land a pixel short, as the original)."""
+    """Rescale so the long side becomes ``side`` (by scale factor, so it may land a pixel short, as the original).
+
+    A side the scale factor would shrink to 0 rows or columns (a strip far thinner than it is long) keeps 1.
+    """
     ratio = side / max(x.shape[-2:])
+    if min(int(n * ratio) for n in x.shape[-2:]) < 1:
+        size = tuple(max(1, int(n * ratio)) for n in x.shape[-2:])
+        return F.interpolate(x, size=size, mode=mode, **({"align_corners": False} if mode in ("bilinear", "bicubic") else {}))
     if mode in ("bilinear", "bicubic"):
         return F.interpolate(x, scale_factor=ratio, mode=mode, align_corners=False)
     return F.interpolate(x, scale_factor=ratio, mode=mode)

@@ -20,29 +20,52 @@ def _is_pil(obj: Any) -> bool:
     return _PILImage is not None and isinstance(obj, _PILImage.Image)
 
 
-def _torch_to_numpy_image(t: torch.Tensor) -> np.ndarray:
+def _torch_to_numpy_image(t: torch.Tensor, size: tuple[int, int] | None) -> np.ndarray:
     t = t.detach().cpu()
     if t.ndim == 4:
         if t.shape[0] != 1:
             raise ValueError(f"image: expected a single image, got a batch of {t.shape[0]} (shape {tuple(t.shape)})")
         t = t[0]
-    if t.ndim == 3 and t.shape[0] in (1, 3) and t.shape[-1] not in (1, 3):
-        t = t.permute(1, 2, 0)  # CHW -> HWC
+    if t.ndim == 3 and t.shape[0] in (1, 3):
+        chw = t.shape[-1] not in (1, 3) or (size is not None and tuple(t.shape[1:]) == tuple(size))
+        if chw:
+            t = t.permute(1, 2, 0)  # CHW -> HWC
     return t.numpy()
 
 
-def to_rgb_uint8(image: Any, bgr: bool = False) -> np.ndarray:
+def mask_size(mask: Any) -> tuple[int, int] | None:
+    """The (H, W) a mask will have after :func:`to_binary_mask`'s layout rules, or None if its shape alone
+    cannot tell (a 1xNx1 array) or it is not a mask; reads only the shape."""
+    if _is_pil(mask):
+        return mask.size[1], mask.size[0]
+    if isinstance(mask, torch.Tensor):
+        shape = list(mask.shape)
+        while len(shape) > 2 and shape[0] == 1:
+            shape = shape[1:]
+    elif isinstance(mask, np.ndarray):
+        shape = list(mask.shape)
+        if len(shape) == 3 and shape[0] == 1 and shape[2] == 1:
+            return None
+        if len(shape) == 3 and (shape[0] == 1 or shape[2] == 1):
+            shape = shape[1:] if shape[0] == 1 else shape[:2]
+    else:
+        return None
+    return (int(shape[0]), int(shape[1])) if len(shape) == 2 else None
+
+
+def to_rgb_uint8(image: Any, bgr: bool = False, size: tuple[int, int] | None = None) -> np.ndarray:
     """Validate ``image`` and return it as a contiguous HxWx3 uint8 RGB array.
 
     Accepts numpy HxWx3 / HxW (grayscale) arrays in uint8, uint16, or float in [0, 1]; PIL images;
     torch tensors (3xHxW, 1x3xHxW or HxWx3; uint8 or float in [0, 1]). ``bgr=True`` flips channel
-    order for arrays read with OpenCV.
+    order for arrays read with OpenCV. ``size`` (the mask's H, W) settles a tensor whose layout its shape
+    leaves open (3xHx3 or 3xHx1: CHW or HWC?); without it HWC wins.
     """
     if _is_pil(image):
         arr = np.asarray(image.convert("RGB"))
         bgr = False
     elif isinstance(image, torch.Tensor):
-        arr = _torch_to_numpy_image(image)
+        arr = _torch_to_numpy_image(image, size)
     elif isinstance(image, np.ndarray):
         arr = image
     else:
@@ -90,11 +113,12 @@ def _torch_to_numpy_mask(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def to_binary_mask(mask: Any) -> np.ndarray:
+def to_binary_mask(mask: Any, size: tuple[int, int] | None = None) -> np.ndarray:
     """Validate ``mask`` and return an HxW bool foreground array.
 
     Accepts bool, {0, 1} integers, 0-255 integers (foreground is >= 128, as the original's ``> 127``),
     and floats in [0, 1] (foreground is >= 0.5); shapes HxW, HxWx1, 1xHxW, 1x1xHxW; PIL mode 1/L/P/I images.
+    ``size`` (the image's H, W) settles a 1xNx1 array, which is both a 1xN HxWx1 mask and an Nx1 1xHxW one.
     """
     if _is_pil(mask):
         arr = np.asarray(mask.convert("L") if mask.mode in ("RGB", "RGBA", "LA") else mask)
@@ -104,10 +128,10 @@ def to_binary_mask(mask: Any) -> np.ndarray:
         arr = mask
     else:
         raise ValueError(f"mask: expected a numpy array, PIL image or torch tensor, got {type(mask).__name__}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    elif arr.ndim == 3 and arr.shape[0] == 1:
+    if arr.ndim == 3 and arr.shape[0] == 1 and (arr.shape[2] != 1 or (size is not None and arr.shape[1:] == tuple(size))):
         arr = arr[0]
+    elif arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
     if arr.ndim != 2:
         raise ValueError(f"mask: expected shape HxW (single channel), got {arr.shape}")
     if arr.size == 0:

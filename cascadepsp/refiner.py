@@ -14,7 +14,7 @@ from torch import nn
 
 from . import inference
 from .fast import FastOptions, FastRunner
-from .inputs import check_same_size, mask_max, to_binary_mask, to_rgb_uint8
+from .inputs import check_same_size, mask_max, mask_size, to_binary_mask, to_rgb_uint8
 from .weights import create_model, load_model, resolve_device
 
 WeightsArg = str | os.PathLike | nn.Module | None
@@ -143,8 +143,8 @@ class Refiner:
     def refine_probability(self, image: Any, mask: Any, fast: bool = False, L: int = 900, bgr: bool = False
                            ) -> np.ndarray:
         """Like :meth:`refine` but returns float32 foreground probabilities in [0, 1]."""
-        rgb = to_rgb_uint8(image, bgr=bgr)
-        fg = to_binary_mask(mask)
+        rgb = to_rgb_uint8(image, bgr=bgr, size=mask_size(mask))  # each one's shape settles the other's layout
+        fg = to_binary_mask(mask, size=rgb.shape[:2])
         check_same_size(rgb, fg)
         L = check_L(L)
         check_L_fits(L, self.device, (rgb.shape[1], rgb.shape[0]))
