@@ -127,11 +127,30 @@ def encode_uncompressed_rle(mask: np.ndarray) -> dict:
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer outlines of ``mask`` as COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` (pixel-centre coordinates;
-    holes are filled, since COCO polygons cannot hold them; specks under 3 points are dropped)."""
-    u8 = (np.asarray(mask) != 0).astype(np.uint8)
-    contours, _ = cv2.findContours(u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return [(c.reshape(-1, 2).astype(np.float64) + 0.5).ravel().tolist() for c in contours if len(c) >= 3]
+    """Outer outlines of ``mask`` as COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` along the pixels' edges, so
+    they decode back to the same pixels; holes are filled (COCO unites polygons, it cannot cut holes)."""
+    fg = np.asarray(mask) != 0
+    if not fg.any():
+        return []
+    ys, xs = np.nonzero(fg)
+    y0, x0 = int(ys.min()), int(xs.min())
+    box = fg[y0:int(ys.max()) + 1, x0:int(xs.max()) + 1].astype(np.uint8)
+    # On the mask grown 3x, the outline's pixels sit at 3k (a pixel's left/top edge k) or 3k + 2 (its
+    # right/bottom edge k + 1): (c + 1) // 3 puts every outline point on the pixel corner it belongs to.
+    # (The 1-pixel padding shifts c by +1, so the padded coordinate // 3 is that corner.)
+    big = np.pad(np.kron(box, np.ones((3, 3), np.uint8)), 1)
+    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    for c in contours:
+        pts = c.reshape(-1, 2) // 3 + np.array([x0, y0])
+        keep = np.ones(len(pts), bool)
+        keep[1:] = (pts[1:] != pts[:-1]).any(axis=1)
+        pts = pts[keep]
+        if len(pts) > 1 and (pts[0] == pts[-1]).all():
+            pts = pts[:-1]
+        if len(pts) >= 3:
+            polygons.append(pts.astype(np.float64).ravel().tolist())
+    return polygons
 
 
 def area_bbox(segmentation: Any, height: int, width: int) -> tuple[int, list[float]]:
@@ -142,8 +161,8 @@ def area_bbox(segmentation: Any, height: int, width: int) -> tuple[int, list[flo
 
 
 def encode_segmentation(mask: np.ndarray, polygons: bool = False) -> tuple[Any, int, list[float]]:
-    """(segmentation, area, bbox) of an HxW mask: compressed RLE, or polygons with ``polygons=True`` (a mask no
-    polygon describes, empty or only specks, stays RLE: COCO cannot load an empty polygon list)."""
+    """(segmentation, area, bbox) of an HxW mask: compressed RLE, or polygons with ``polygons=True`` (an empty
+    mask stays RLE: COCO cannot load an empty polygon list)."""
     h, w = mask.shape
     seg: Any = mask_to_polygons(mask) if polygons else None
     if not seg:
