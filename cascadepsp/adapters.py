@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .inputs import to_rgb_uint8
 from .instances import refine_instances
 from .labels import ProbabilityRefiner
 
@@ -52,8 +53,6 @@ def refine_sam_masks(image: Any, records: Sequence[dict], refiner: ProbabilityRe
     """
     if threshold is None:
         raise ValueError("threshold: SAM masks are binary; expected a value in [0, 1]")
-    from .inputs import to_rgb_uint8
-
     rgb = to_rgb_uint8(image, bgr=bgr)
     size = rgb.shape[:2]
     masks = [_sam_mask(r, i, size) for i, r in enumerate(records)]

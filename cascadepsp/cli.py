@@ -265,15 +265,14 @@ def _cmd_refine_ray(args: argparse.Namespace) -> int:
 def _cmd_refine_coco(args: argparse.Namespace) -> int:
     from .coco import mask_api
     from .coco_file import CocoOptions, check_paths, load_inputs, refine_coco_file
+    from .instances import check_context
     from .refiner import check_L
 
     _setup_logging(args.verbose)
     mask_api()  # pycocotools first: before the weights are loaded
     check_paths(args.images, args.annotations, args.out, args.images_json, args.gt, args.report)
-    load_inputs(args.annotations, args.images_json)  # a malformed file is refused before the weights are loaded
-    if not 0.0 <= args.context <= 10.0:
-        raise ValueError(f"context: expected a value in [0, 10], got {args.context}")
-    options = CocoOptions(polygons=args.polygons, context=args.context, threshold=args.threshold,
+    loaded = load_inputs(args.annotations, args.images_json)  # a malformed file is refused before the weights
+    options = CocoOptions(polygons=args.polygons, context=check_context(args.context), threshold=args.threshold,
                           fast=args.fast, L=check_L(args.L))
     if args.threads:
         import torch
@@ -293,7 +292,7 @@ def _cmd_refine_coco(args: argparse.Namespace) -> int:
     summary = refine_coco_file(args.images, args.annotations, args.out, refiner=refiner,
                                images_json=args.images_json, gt=args.gt, report=args.report, options=options,
                                resume=args.resume, checkpoint_every=args.checkpoint_every, progress=args.progress,
-                               weights_key=f"{args.weights}|{args.engine}", on_failure=on_failure)
+                               weights_key=f"{args.weights}|{args.engine}", on_failure=on_failure, loaded=loaded)
     print(summary.line())
     print(f"wrote {args.out}" + (f"; report: {args.report}" if args.report else ""))
     return EXIT_FAILED if summary.failed else EXIT_OK

@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .inputs import to_rgb_uint8
 from .instances import refine_instances
 from .labels import ProbabilityRefiner
 
@@ -183,8 +184,6 @@ def refine_coco_annotations(image: Any, annotations: Sequence[dict], refiner: Pr
     """
     if threshold is None:
         raise ValueError("threshold: COCO segmentations are binary; expected a value in [0, 1]")
-    from .inputs import to_rgb_uint8
-
     rgb = to_rgb_uint8(image, bgr=bgr)
     h, w = rgb.shape[:2]
     out = [dict(a) for a in annotations]

@@ -295,16 +295,18 @@ def refine_coco_file(images: PathLike, annotations: PathLike, out: PathLike, *, 
                      images_json: PathLike | None = None, gt: PathLike | None = None,
                      report: PathLike | None = None, options: CocoOptions | None = None, resume: bool = True,
                      checkpoint_every: int = 20, progress: bool = True, weights_key: str = "",
-                     on_failure: Callable[[str], None] | None = None) -> CocoSummary:
+                     on_failure: Callable[[str], None] | None = None, loaded: CocoInputs | None = None
+                     ) -> CocoSummary:
     """Refine every non-crowd annotation of ``annotations`` (photos under ``images``) and write ``out``.
 
     ``refiner``: a :class:`~cascadepsp.Refiner`. Failures (an unreadable photo, a malformed segmentation) are
     reported through ``on_failure`` and in the report; those annotations are written unchanged.
-    ``weights_key`` names the weights in the resume fingerprint.
+    ``weights_key`` names the weights in the resume fingerprint; ``loaded``: the :func:`load_inputs` of
+    ``annotations`` and ``images_json`` when the caller has read them already.
     """
     options = options or CocoOptions()
     check_paths(images, annotations, out, images_json, gt, report)
-    inputs = load_inputs(annotations, images_json)
+    inputs = loaded if loaded is not None else load_inputs(annotations, images_json)
     truth = GroundTruth(gt) if gt is not None else None
     key = _fingerprint([annotations, images_json], {**asdict(options), "weights": weights_key})
     partial = partial_path(out)

@@ -25,7 +25,8 @@ from .refiner import _check_threshold, get_default_refiner
 Box = tuple[slice, slice]
 
 
-def _check_context(context: float) -> float:
+def check_context(context: float) -> float:
+    """Validate ``context``, the share of an instance's box added on each side of its crop."""
     if isinstance(context, bool) or not isinstance(context, (int, float)) or not 0.0 <= float(context) <= 10.0:
         raise ValueError(f"context: expected a number in [0, 10] (share of the box added on each side), got {context!r}")
     return float(context)
@@ -61,7 +62,7 @@ def instance_masks(masks: Any, size: tuple[int, int]) -> list[np.ndarray]:
 def instance_box(mask: np.ndarray, context: float = 0.25) -> Box:
     """Rows and columns of ``mask``'s box grown by ``context`` x its side on each side (at least
     :data:`~cascadepsp.labels.MIN_CROP` pixels), moved inside the image; the same crop as ``--labels`` uses."""
-    return object_crop(mask, scale=1.0 + 2.0 * _check_context(context), min_side=MIN_CROP)
+    return object_crop(mask, scale=1.0 + 2.0 * check_context(context), min_side=MIN_CROP)
 
 
 def refine_crops(refiner: ProbabilityRefiner, rgb: np.ndarray, masks: Sequence[np.ndarray], *,
@@ -69,7 +70,7 @@ def refine_crops(refiner: ProbabilityRefiner, rgb: np.ndarray, masks: Sequence[n
                  ) -> Iterator[tuple[Box, np.ndarray] | None]:
     """For each HxW bool mask of the HxWx3 uint8 photo ``rgb``: its crop box and the refined float32
     probabilities inside it, or ``None`` for an empty mask (yielded in order, one crop in memory at a time)."""
-    context = _check_context(context)
+    context = check_context(context)
     for fg in masks:
         if not fg.any():
             yield None
