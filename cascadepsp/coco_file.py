@@ -213,12 +213,12 @@ class GroundTruth:
         h, w = coarse.shape
         g = self.by_id.get(ann.get("id"))
         if g is not None and g.get("image_id") == ann.get("image_id"):
-            return g.get("id"), decode_segmentation(g["segmentation"], h, w)
+            return g.get("id"), decode_segmentation(g.get("segmentation"), h, w)
         best, best_iou = None, 0.0
         for g in self.by_image.get(ann.get("image_id"), []):
             if "category_id" in ann and g.get("category_id") != ann["category_id"]:
                 continue
-            m = decode_segmentation(g["segmentation"], h, w)
+            m = decode_segmentation(g.get("segmentation"), h, w)
             iou = mask_iou(coarse, m)
             if iou > best_iou:
                 best, best_iou = (g.get("id"), m), iou
@@ -308,7 +308,8 @@ def refine_coco_file(images: PathLike, annotations: PathLike, out: PathLike, *, 
     check_paths(images, annotations, out, images_json, gt, report)
     inputs = loaded if loaded is not None else load_inputs(annotations, images_json)
     truth = GroundTruth(gt) if gt is not None else None
-    key = _fingerprint([annotations, images_json], {**asdict(options), "weights": weights_key})
+    key = _fingerprint([annotations, images_json], {**asdict(options), "weights": weights_key,
+                                                     "images": str(Path(images).resolve())})
     partial = partial_path(out)
     done, results = _load_partial(partial, key) if resume else ({}, {})
     fail = on_failure or (lambda line: LOG.warning("%s", line))

@@ -22,6 +22,7 @@ from cascadepsp.coco import (  # noqa: E402
     area_bbox,
     decode_segmentation,
     encode_rle,
+    encode_segmentation,
     encode_uncompressed_rle,
     mask_api,
     mask_to_polygons,
@@ -66,6 +67,10 @@ def test_the_three_segmentation_forms_decode_to_the_same_mask():
     holed[3, 3] = False
     np.testing.assert_array_equal(decode_segmentation(mask_to_polygons(holed), 8, 8), square)  # holes filled
     assert mask_to_polygons(np.zeros((8, 8), bool)) == []
+    seg, area, bbox = encode_segmentation(np.zeros((8, 8), bool), polygons=True)  # COCO cannot load []
+    assert isinstance(seg, dict) and area == 0 and bbox == [0, 0, 0, 0]
+    seg, area, bbox = encode_segmentation(square, polygons=True)
+    assert isinstance(seg, list) and area == 10 and bbox == [2, 2, 6, 5]
     area, bbox = area_bbox(rle, 40, 60)
     ys, xs = np.nonzero(m)
     assert area == m.sum() and bbox == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]

@@ -15,7 +15,7 @@ from cascadepsp.instances import instance_box, refine_instances
 from cascadepsp.metrics import mask_iou
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "davis"
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 class Recorder:
