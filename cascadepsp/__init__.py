@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "PRESETS": "config", "RMConfig": "config", "get_config": "config",
     "RefinementModule": "model", "count_parameters": "model",
-    "Refiner": "refiner", "refine": "refiner",
+    "Refiner": "refiner", "refine": "refiner", "refine_instances": "instances",
     "convert_official": "weights", "create_model": "weights", "list_weights": "weights", "load_model": "weights",
     "load_official": "weights", "save_model": "weights",
 }

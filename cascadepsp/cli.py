@@ -1,4 +1,5 @@
-"""The ``cascadepsp`` command: ``refine`` a folder, ``info``, ``download-official``, ``convert-official``.
+"""The ``cascadepsp`` command: ``refine`` a folder, ``refine-coco`` a COCO file, ``info``, ``download-official``,
+``convert-official``.
 
 Only the standard library is imported up front, so ``--help`` and argument errors answer at once; torch and
 the model code are imported by the command that needs them.
@@ -28,6 +29,20 @@ exit codes:
   1    some images failed (listed; the others are written)
   2    usage error: bad option, no inputs found, unreadable --weights, output inside an input folder
   130  interrupted (finished outputs are complete; rerun the same command to continue)
+"""
+
+
+COCO_EPILOG = """output: ANNOTATIONS as it was (ids, order, categories, scores, extra keys, iscrowd annotations)
+  except each refined annotation's segmentation (compressed RLE with counts as a string, or polygons with
+  --polygons), area and bbox. Annotations that fail (unreadable photo, malformed segmentation) are listed
+  on stderr and written unchanged. OUT.partial holds finished images while running; rerunning the same
+  command carries on from it (--no-resume starts over); it is removed at the end.
+
+exit codes:
+  0    every annotation refined (or iscrowd, untouched)
+  1    some annotations failed (listed; the output is written)
+  2    usage error: bad option, malformed file, missing pycocotools, --out or --report an input
+  130  interrupted (rerun the same command to continue)
 """
 
 
@@ -126,6 +141,39 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-gpus-per-actor", type=float, help="GPUs per actor (default: 1 when the cluster has GPUs)")
     r.add_argument("-v", "--verbose", action="store_true", help="also log informational messages")
 
+    k = sub.add_parser("refine-coco", help="refine every instance of a COCO annotation file",
+                       epilog=COCO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Refine the instance masks of a COCO dataset file (images + annotations + "
+                                   "categories) or results file (a list of {image_id, category_id, segmentation, "
+                                   "score}; needs --images-json). Each instance is refined inside its box "
+                                   "enlarged by --context on every side.")
+    k.add_argument("images", metavar="IMAGES", help="folder of the photos (file_name is relative to it)")
+    k.add_argument("annotations", metavar="ANNOTATIONS", help="COCO dataset or results .json")
+    k.add_argument("--out", required=True, help="output .json (never an input file; written atomically)")
+    k.add_argument("--images-json", help="COCO file with the images' ids, names and sizes (for a results file)")
+    k.add_argument("--polygons", action="store_true",
+                   help="write polygons instead of compressed RLE (holes are filled; empty masks stay RLE)")
+    k.add_argument("--gt", help="ground-truth COCO dataset file: adds per-instance IoU / mBA to --report")
+    k.add_argument("--report", help="per-annotation report (.csv)")
+    k.add_argument("--context", type=float, default=0.25,
+                   help="share of the instance's box added on every side of its crop (default 0.25)")
+    k.add_argument("--threshold", type=_threshold, default=0.5, metavar="T",
+                   help="foreground where the refined probability >= T (default 0.5)")
+    k.add_argument("--fast", action="store_true", help="global step only (faster, less detail)")
+    k.add_argument("--L", type=int, default=900, help="global-step long side and local window size (default 900)")
+    k.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)")
+    k.add_argument("--weights", default="default",
+                   help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
+    k.add_argument("--engine", choices=["batched", "reference"], default="batched",
+                   help="batched (default) or reference (the original's exact one-window loop)")
+    k.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+    k.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="carry on from OUT.partial left by an interrupted run with the same inputs (default: on)")
+    k.add_argument("--checkpoint-every", type=_positive, default=20, metavar="N",
+                   help="rewrite OUT.partial every N images (default 20)")
+    k.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    k.add_argument("-v", "--verbose", action="store_true", help="also log informational messages")
+
     i = sub.add_parser("info", help="show the version, named weights and devices")
     i.set_defaults(progress=False)
 
@@ -214,6 +262,42 @@ def _cmd_refine_ray(args: argparse.Namespace) -> int:
         progress=args.progress, on_row=on_row))
 
 
+def _cmd_refine_coco(args: argparse.Namespace) -> int:
+    from .coco import mask_api
+    from .coco_file import CocoOptions, check_paths, load_inputs, refine_coco_file
+    from .instances import check_context
+    from .refiner import check_L
+
+    _setup_logging(args.verbose)
+    mask_api()  # pycocotools first: before the weights are loaded
+    check_paths(args.images, args.annotations, args.out, args.images_json, args.gt, args.report)
+    loaded = load_inputs(args.annotations, args.images_json)  # a malformed file is refused before the weights
+    options = CocoOptions(polygons=args.polygons, context=check_context(args.context), threshold=args.threshold,
+                          fast=args.fast, L=check_L(args.L))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .refiner import Refiner
+
+    refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine)
+    failures: list[str] = []
+
+    def on_failure(line: str) -> None:
+        failures.append(line)
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+
+    summary = refine_coco_file(args.images, args.annotations, args.out, refiner=refiner,
+                               images_json=args.images_json, gt=args.gt, report=args.report, options=options,
+                               resume=args.resume, checkpoint_every=args.checkpoint_every, progress=args.progress,
+                               weights_key=f"{args.weights}|{args.engine}", on_failure=on_failure, loaded=loaded)
+    print(summary.line())
+    print(f"wrote {args.out}" + (f"; report: {args.report}" if args.report else ""))
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -260,7 +344,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"refine": _cmd_refine, "info": _cmd_info, "download-official": _cmd_download,
+COMMANDS = {"refine": _cmd_refine, "refine-coco": _cmd_refine_coco, "info": _cmd_info, "download-official": _cmd_download,
             "convert-official": _cmd_convert, "export-onnx": _cmd_export_onnx}
 
 
