@@ -11,8 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from cascadepsp.cli import main
+from cascadepsp.refiner import WINDOW_BYTES_PER_PIXEL, _memory_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,19 +64,24 @@ def test_cli_prints_the_labels_hint_for_such_masks(tmp_path, weights, capsys):
 
 
 def test_huge_L_is_refused_up_front_with_one_line(small_refiner, tmp_path, weights, capsys):
+    # an L whose windows need more than this machine's memory, whatever the machine
+    memory = _memory_bytes(torch.device("cpu"))
+    assert memory, "the CPU's memory size should be readable here"
+    huge = int((memory / WINDOW_BYTES_PER_PIXEL) ** 0.5) + 64
     image = np.zeros((40, 50, 3), np.uint8)
     mask = np.zeros((40, 50), bool)
     mask[10:30, 10:40] = True
-    with pytest.raises(ValueError, match=r"L: 100000 needs at least \d+ GiB for a 50x40 image") as e:
-        small_refiner.refine(image, mask, L=100000)
+    with pytest.raises(ValueError, match=rf"L: {huge} needs at least \d+ GiB for a 50x40 image") as e:
+        small_refiner.refine(image, mask, L=huge)
     assert "\n" not in str(e.value) and "smaller L" in str(e.value)
+    small_refiner.refine(image, mask, L=96)  # an L that fits is accepted
     src = tmp_path / "in"
     src.mkdir()
     cv2.imwrite(str(src / "a_im.png"), image)
     cv2.imwrite(str(src / "a_seg.png"), mask.astype(np.uint8) * 255)
     rc = main(["refine", str(src), "--out", str(tmp_path / "o"), "--weights", str(weights), "--device", "cpu",
-               "--L", "100000", "--no-progress"])
-    assert rc == 2 and "L: 100000 needs at least" in _one_line(capsys.readouterr().err)
+               "--L", str(huge), "--no-progress"])
+    assert rc == 2 and f"L: {huge} needs at least" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 

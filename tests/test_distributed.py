@@ -17,12 +17,11 @@ from cascadepsp.cli import main
 from cascadepsp.distributed import ActorSpec, plan_actors, refine_dataset
 from cascadepsp.folder import refine_folder
 
-ray = pytest.importorskip("ray", reason="the `ray` extra is not installed")
-
-
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance with 2 CPUs for the module (refine_dataset joins it and leaves it running)."""
+    """One local Ray instance with 2 CPUs for the module (refine_dataset joins it and leaves it running).
+    Tests without this fixture (the actor plan) run without Ray installed."""
+    ray = pytest.importorskip("ray", reason="the `ray` extra is not installed")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import this test module
     yield

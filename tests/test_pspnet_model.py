@@ -72,9 +72,15 @@ def test_aux_output_only_in_training_mode(r18):
 
 
 def test_training_with_batch_size_one_works(r18):
+    """A batch of one must train: the pyramid's 1x1 bin has one value per channel, which plain BatchNorm
+    refuses in training mode; the step must give finite, non-zero gradients."""
     model = r18.train()
     main, aux = model(torch.randn(1, 3, 40, 40))
+    assert main.shape[0] == aux.shape[0] == 1 and torch.isfinite(main).all() and torch.isfinite(aux).all()
     (main.mean() + aux.mean()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
     model.zero_grad(set_to_none=True)
     model.eval()
 

@@ -282,12 +282,18 @@ def test_segment_and_refine_end_to_end_with_tiny_models(model, refiner, tmp_path
     assert not list((tmp_path / "out").glob("*.tmp")) and not list((tmp_path / "out").glob(".*"))
 
 
-def test_segment_and_refine_full_refinement_changes_a_coarse_mask(refiner, tmp_path):
+def test_segment_and_refine_full_refinement_writes_the_refiners_result(refiner, tmp_path):
     inputs = _write_images(tmp_path / "in", 1, size=(48, 64))
     report = segment_and_refine(inputs, tmp_path / "out", HalfSegmenter(), refiner, fast=False, L=80, log=None)
     assert report.ok
     coarse = cv2.imread(str(tmp_path / "out" / "img0_coarse.png"), cv2.IMREAD_UNCHANGED)
     assert (coarse[:, :32] == 255).all() and (coarse[:, 32:] == 0).all()
+    refined = cv2.imread(str(tmp_path / "out" / "img0_refined.png"), cv2.IMREAD_UNCHANGED)
+    image = cv2.imread(str(inputs[0]))[:, :, ::-1]
+    # the written mask is the full (global + local) refinement of the coarse mask, and it did change it
+    np.testing.assert_array_equal(refined, refiner.refine(image, coarse, fast=False, L=80))
+    assert refined.shape == coarse.shape and (refined != coarse).mean() > 0.05
+    assert not np.array_equal(refined, refiner.refine(image, coarse, fast=True, L=80))  # not the global step alone
 
 
 def test_outputs_never_overwrite_inputs_and_duplicate_stems_get_suffixes(refiner, tmp_path):
