@@ -86,12 +86,24 @@ def test_gt_report_holds_the_metrics_of_the_written_masks(tmp_path, saved_weight
 
 
 @pytest.mark.parametrize("option", [["--engine", "reference"], ["--batch-size", "2"], ["--precision", "fp32"]])
-def test_engine_batch_size_and_precision_reach_the_refiner(tmp_path, saved_weights, option):
+def test_engine_batch_size_and_precision_reach_the_refiner(tmp_path, saved_weights, option, monkeypatch):
+    import cascadepsp.refiner
+
+    made: list[dict] = []
+
+    class Spy(Refiner):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cascadepsp.refiner, "Refiner", Spy)
     images, masks, _ = images_masks_gt(tmp_path, n=1)
     assert run([str(images), str(masks), "--out", str(tmp_path / "o"), "--weights", str(saved_weights), *option]) == 0
-    kwargs = {"engine": option[1]} if option[0] == "--engine" else \
-        {"batch_size": int(option[1])} if option[0] == "--batch-size" else {"precision": option[1]}
-    expected = Refiner(device="cpu", weights=str(saved_weights), **kwargs).refine(
+    name = option[0].removeprefix("--").replace("-", "_")
+    value = int(option[1]) if name == "batch_size" else option[1]
+    [kwargs] = made
+    assert kwargs[name] == value  # the flag reached the refiner
+    expected = Refiner(device="cpu", weights=str(saved_weights), **{name: value}).refine(
         read_rgb(images / "p0.png"), read_gray(masks / "p0.png"), L=int(L))
     np.testing.assert_array_equal(read_gray(tmp_path / "o" / "p0.png"), expected)
 

@@ -164,3 +164,72 @@ def test_bad_L_and_threshold_are_refused_with_one_line(refiner, L, threshold):
         refiner.refine(image, mask, L=L, threshold=0.5 if threshold is None else threshold)
     message = str(info.value)
     assert "\n" not in message and message.split(":")[0] in ("L", "threshold"), message
+
+
+# ------------------------------------------------------------------ the folder tool over damaged files
+
+DAMAGE = ["ok", "zero_bytes", "truncated_png", "truncated_jpeg", "text_as_png", "jpeg_behind_png", "directory",
+          "bad_mask", "mask_wrong_size"]
+NAMES = st.text(alphabet=st.sampled_from(list("aZ09 _-.éß漢()[]'")), min_size=1, max_size=12).filter(
+    lambda n: n.strip(". ") == n and not n.startswith("-") and "_im" not in n and "_seg" not in n)
+
+
+def _write_damaged(folder, name: str, damage: str, rng: np.random.Generator) -> None:
+    """``<name>_im`` + ``<name>_seg`` in ``folder``, with the image or mask damaged as ``damage`` says."""
+    import cv2
+
+    h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+    photo = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
+    png = cv2.imencode(".png", photo)[1].tobytes()
+    jpeg = cv2.imencode(".jpg", photo)[1].tobytes()
+    im, seg = folder / f"{name}_im.png", folder / f"{name}_seg.png"
+    data = {"zero_bytes": b"", "truncated_png": png[: len(png) // 2], "truncated_jpeg": jpeg[: len(jpeg) // 2],
+            "text_as_png": b"this is not a picture\n", "jpeg_behind_png": jpeg}.get(damage, png)
+    if damage == "directory":
+        im.mkdir()
+    else:
+        im.write_bytes(data)
+    if damage == "bad_mask":
+        seg.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    else:
+        seg.write_bytes(cv2.imencode(".png", mask if damage != "mask_wrong_size" else mask[: h // 2])[1].tobytes())
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(files=st.dictionaries(NAMES, st.sampled_from(DAMAGE), min_size=1, max_size=5), seed=st.integers(0, 99))
+def test_folder_run_over_damaged_files_reports_each_and_writes_only_whole_outputs(files, seed):
+    import tempfile
+    from pathlib import Path
+
+    from test_folder import ImageRefiner, no_temp_files, read_csv
+
+    from cascadepsp import imageio
+    from cascadepsp.folder import refine_folder
+
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "in", Path(tmp) / "out"
+        src.mkdir()
+        for name, damage in files.items():
+            _write_damaged(src, name, damage, rng)
+        before = {p: (p.read_bytes() if p.is_file() else None) for p in src.rglob("*")}
+        summary = refine_folder([src], out, refiner=ImageRefiner(), report=Path(tmp) / "r.csv", progress=False)
+        rows = {r["name"]: r for r in read_csv(Path(tmp) / "r.csv")}
+        assert {p: (p.read_bytes() if p.is_file() else None) for p in src.rglob("*")} == before  # inputs untouched
+        assert no_temp_files(out) if out.exists() else True
+        readable = {"ok", "jpeg_behind_png"}  # a JPEG named .png decodes by its content
+        for name, damage in files.items():
+            if damage == "directory":
+                assert name not in rows or rows[name]["status"] == "failed"
+                continue
+            row = rows[name]
+            written = out / f"{name}_mask.png"
+            if damage in readable:
+                assert row["status"] == "done", row
+                assert imageio.is_valid_image(written)
+            else:
+                assert row["status"] == "failed" and row["error"] and "\n" not in row["error"], row
+                assert not written.exists()
+        assert summary.count("failed") == sum(r["status"] == "failed" for r in rows.values())
