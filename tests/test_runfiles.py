@@ -68,3 +68,43 @@ def test_stop_signals_interrupt_turns_kill_into_ctrl_c_and_restores_handlers():
     worker.start()
     worker.join()
     assert seen == [before[signal.SIGTERM]]
+
+
+KILLED_WRITER = """
+import os, sys, time
+import torch
+from cascadepsp import runfiles
+path, marker = sys.argv[1], sys.argv[2]
+runfiles.save_checkpoint({"step": 1, "w": torch.ones(4)}, path)
+real_fsync = os.fsync
+def stall(fd):  # the new checkpoint's bytes are in its temporary file, not yet renamed over the old one
+    real_fsync(fd)
+    open(marker, "w").close()
+    time.sleep(60)
+os.fsync = stall
+runfiles.save_checkpoint({"step": 2, "w": torch.zeros(1_000_000)}, path)
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    path, marker = tmp_path / runfiles.CKPT_NAME, tmp_path / "writing"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), str(marker)])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the writer never reached the write"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)  # no handler, no clean-up: mid-write
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    state = runfiles.load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(4))  # the previous checkpoint, whole
+    leftovers = [p for p in tmp_path.iterdir() if p.name not in (path.name, marker.name)]
+    assert leftovers and all(imageio.is_temp_file(p) for p in leftovers)  # the half write stayed aside
+    assert sorted(imageio.remove_stale_temps(tmp_path)) == sorted(leftovers)  # and a later run removes it
+    assert runfiles.load_checkpoint(path)["step"] == 1
