@@ -66,6 +66,37 @@ def check_L_fits(L: int, device: str | torch.device | None, image_size: tuple[in
                      f"has {have / 2**30:.0f} GiB; use a smaller L (default 900, at most about {largest} here)")
 
 
+FULL_SIZE_BYTES_PER_PIXEL = 24  # upper bound of the full-resolution buffers one refinement holds at once
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory a refinement can still take on ``device``: MemAvailable for the CPU (Linux), free memory on CUDA."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, RuntimeError, IndexError):
+        return None
+    return _memory_bytes(device)
+
+
+def check_image_fits(size_hw: tuple[int, int], device: str | torch.device | None) -> None:
+    """Refuse a photo whose full-resolution buffers (image, masks, the local step's sums, the output: about
+    ``FULL_SIZE_BYTES_PER_PIXEL`` bytes a pixel) cannot fit in the memory left, before any work is done,
+    instead of being killed by the out-of-memory killer half-way."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    h, w = size_hw
+    need = h * w * FULL_SIZE_BYTES_PER_PIXEL
+    have = _available_bytes(dev)
+    if have is None or need <= have:
+        return
+    raise ValueError(f"image: a {w}x{h} photo needs about {need / 2**30:.1f} GiB to refine but {dev.type} has "
+                     f"{have / 2**30:.1f} GiB available; downscale it or free memory")
+
+
 def _warn_if_no_foreground(mask: Any) -> None:
     hi = mask_max(mask)
     if hi > 0:
@@ -148,6 +179,7 @@ class Refiner:
         check_same_size(rgb, fg)
         L = check_L(L)
         check_L_fits(L, self.device, (rgb.shape[1], rgb.shape[0]))
+        check_image_fits(rgb.shape[:2], self.device)
         if not fg.any():  # nothing to refine: an empty mask stays empty
             _warn_if_no_foreground(mask)
             return np.zeros(fg.shape, np.float32)

@@ -124,3 +124,19 @@ def test_help_and_argument_errors_do_not_import_torch(args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_photo_too_large_for_the_memory_left_is_refused_up_front(small_refiner, monkeypatch):
+    import cascadepsp.refiner as refiner_module
+
+    image = np.zeros((400, 600, 3), np.uint8)
+    mask = np.zeros((400, 600), bool)
+    mask[100:300, 100:500] = True
+    need = 400 * 600 * refiner_module.FULL_SIZE_BYTES_PER_PIXEL
+    monkeypatch.setattr(refiner_module, "_available_bytes", lambda device: need - 1)
+    with pytest.raises(ValueError, match=r"^image: a 600x400 photo needs about .* GiB to refine") as e:
+        small_refiner.refine(image, mask, L=96)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(refiner_module, "_available_bytes", lambda device: need)
+    assert small_refiner.refine(image, mask, L=96).shape == (400, 600)  # just enough: refined
+    assert refiner_module._available_bytes(torch.device("cpu")) > 0  # this machine's figure is readable
