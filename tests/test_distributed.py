@@ -17,6 +17,7 @@ from cascadepsp.cli import main
 from cascadepsp.distributed import ActorSpec, plan_actors, refine_dataset
 from cascadepsp.folder import refine_folder
 
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance with 2 CPUs for the module (refine_dataset joins it and leaves it running).
