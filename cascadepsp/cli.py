@@ -92,6 +92,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_refiner_options(p: argparse.ArgumentParser) -> None:
+    """The options that choose the network and how it runs, shared by the commands that refine."""
+    p.add_argument("--fast", action="store_true", help="global step only (faster, less detail)")
+    p.add_argument("--L", type=int, default=900, help="global-step long side and local window size (default 900)")
+    p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--weights", default="default",
+                   help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
+    p.add_argument("--engine", choices=["batched", "reference"], default="batched",
+                   help="batched (windows in batches, bounded memory; default) or reference (the original's "
+                        "exact one-window loop). Not --fast, which skips the local step")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascadepsp", description="CascadePSP mask refinement.")
     parser.add_argument("--version", action="version", version=f"cascadepsp {__version__}")
@@ -105,14 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="INPUT, or IMAGES MASKS")
     r.add_argument("--out", required=True, help="output folder (must be outside every input folder)")
     r.add_argument("--gt", help="ground-truth folder matched like the masks (adds IoU / mBA to the report)")
-    r.add_argument("--fast", action="store_true", help="global step only (faster, less detail)")
-    r.add_argument("--L", type=int, default=900, help="global-step long side and local window size (default 900)")
-    r.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)")
-    r.add_argument("--weights", default="default",
-                   help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
-    r.add_argument("--engine", choices=["batched", "reference"], default="batched",
-                   help="batched (windows in batches, bounded memory; default) or reference (the original's "
-                        "exact one-window loop). Not --fast, which skips the local step")
+    _add_refiner_options(r)
     r.add_argument("--backend", choices=["torch", "openvino"], default="torch",
                    help="torch (default) or openvino (CPU, fp32; needs cascadepsp[openvino]; converts once per "
                         "machine into $CASCADEPSP_HOME/openvino)")
@@ -159,13 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the instance's box added on every side of its crop (default 0.25)")
     k.add_argument("--threshold", type=_threshold, default=0.5, metavar="T",
                    help="foreground where the refined probability >= T (default 0.5)")
-    k.add_argument("--fast", action="store_true", help="global step only (faster, less detail)")
-    k.add_argument("--L", type=int, default=900, help="global-step long side and local window size (default 900)")
-    k.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)")
-    k.add_argument("--weights", default="default",
-                   help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
-    k.add_argument("--engine", choices=["batched", "reference"], default="batched",
-                   help="batched (default) or reference (the original's exact one-window loop)")
+    _add_refiner_options(k)
     k.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
     k.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="carry on from OUT.partial left by an interrupted run with the same inputs (default: on)")

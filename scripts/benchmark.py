@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-SIZES = {"1k": (1024, 768), "2k": (2048, 1536), "4k": (4096, 3072), "8k": (8000, 6000), "12k": (12000, 9000)}
+SIZES = {"1k": (1024, 768), "2k": (2048, 1536), "4k": (4096, 3072), "8k": (8000, 6000), "12k": (12000, 9000),
+         "8k_uhd": (7680, 4320), "16k_uhd": (15360, 8640)}
 
 
 def make_input(size: str, data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
