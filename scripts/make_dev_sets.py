@@ -78,6 +78,9 @@ def write_set(out: Path, samples: list[Sample], coarse: Callable[[Sample, np.nda
         write_atomic(seg_path, encode_png(coarse(s, gt).astype(np.uint8) * 255))
 
 
+DAVIS_DEV_EVERY = 5  # frames of one sequence are nearly the same picture
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", help="folder to write the dev sets into")
@@ -104,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     groups: list[tuple[str, list[Sample], dict[str, Callable]]] = []
     if args.davis_train:
-        dev = davis_eval_samples(args.davis_train, list(DAVIS_TRAIN_DEV_SEQUENCES))
+        # every 5th frame, whatever masks exist (make_u2netp_masks.py --every 1 writes one for every frame)
+        dev = [s for s in davis_eval_samples(args.davis_train, list(DAVIS_TRAIN_DEV_SEQUENCES))
+               if int(s.image.stem) % DAVIS_DEV_EVERY == 0]
         groups.append(("davis", dev, {"u2netp": own_mask, "u2netp_2k": own_mask_2k}))
     if args.human_seg:
         groups.append(("human", select_samples(args.human_seg, split="dev"),
