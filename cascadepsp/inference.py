@@ -47,12 +47,11 @@ def resize_max_side(x: Tensor, side: int, mode: str) -> Tensor:
     A side the scale factor would shrink to 0 rows or columns (a strip far thinner than it is long) keeps 1.
     """
     ratio = side / max(x.shape[-2:])
+    corners = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     if min(int(n * ratio) for n in x.shape[-2:]) < 1:
         size = tuple(max(1, int(n * ratio)) for n in x.shape[-2:])
-        return F.interpolate(x, size=size, mode=mode, **({"align_corners": False} if mode in ("bilinear", "bicubic") else {}))
-    if mode in ("bilinear", "bicubic"):
-        return F.interpolate(x, scale_factor=ratio, mode=mode, align_corners=False)
-    return F.interpolate(x, scale_factor=ratio, mode=mode)
+        return F.interpolate(x, size=size, mode=mode, **corners)
+    return F.interpolate(x, scale_factor=ratio, mode=mode, **corners)
 
 
 def pad_to_multiple_of_8(x: Tensor, value: float) -> Tensor:

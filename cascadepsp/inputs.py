@@ -33,6 +33,18 @@ def _torch_to_numpy_image(t: torch.Tensor, size: tuple[int, int] | None) -> np.n
     return t.numpy()
 
 
+def _mask_hw(shape: tuple[int, ...], size: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """H, W of a 3-D mask shape read as 1xHxW or HxWx1 (a 1xNx1 one is HxWx1 unless ``size`` says Nx1), or
+    None when it is neither: the one layout rule of :func:`to_binary_mask` and :func:`mask_size`."""
+    if len(shape) != 3:
+        return None
+    if shape[0] == 1 and (shape[2] != 1 or (size is not None and tuple(shape[1:]) == tuple(size))):
+        return int(shape[1]), int(shape[2])
+    if shape[2] == 1:
+        return int(shape[0]), int(shape[1])
+    return None
+
+
 def mask_size(mask: Any) -> tuple[int, int] | None:
     """The (H, W) a mask will have after :func:`to_binary_mask`'s layout rules, or None if its shape alone
     cannot tell (a 1xNx1 array) or it is not a mask; reads only the shape."""
@@ -44,10 +56,10 @@ def mask_size(mask: Any) -> tuple[int, int] | None:
             shape = shape[1:]
     elif isinstance(mask, np.ndarray):
         shape = list(mask.shape)
-        if len(shape) == 3 and shape[0] == 1 and shape[2] == 1:
-            return None
-        if len(shape) == 3 and (shape[0] == 1 or shape[2] == 1):
-            shape = shape[1:] if shape[0] == 1 else shape[:2]
+        if len(shape) == 3:
+            if shape[0] == 1 and shape[2] == 1:
+                return None
+            return _mask_hw(tuple(shape))
     else:
         return None
     return (int(shape[0]), int(shape[1])) if len(shape) == 2 else None
@@ -128,10 +140,9 @@ def to_binary_mask(mask: Any, size: tuple[int, int] | None = None) -> np.ndarray
         arr = mask
     else:
         raise ValueError(f"mask: expected a numpy array, PIL image or torch tensor, got {type(mask).__name__}")
-    if arr.ndim == 3 and arr.shape[0] == 1 and (arr.shape[2] != 1 or (size is not None and arr.shape[1:] == tuple(size))):
-        arr = arr[0]
-    elif arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
+    hw = _mask_hw(arr.shape, size)
+    if hw is not None:
+        arr = arr.reshape(hw)  # dropping a size-1 axis keeps the pixel order
     if arr.ndim != 2:
         raise ValueError(f"mask: expected shape HxW (single channel), got {arr.shape}")
     if arr.size == 0:

@@ -20,7 +20,7 @@ import torch
 
 from .inputs import to_binary_mask, to_rgb_uint8
 from .labels import MIN_CROP, ProbabilityRefiner, object_crop
-from .refiner import _check_threshold, get_default_refiner
+from .refiner import _check_threshold, get_default_refiner, probability_to_uint8
 
 Box = tuple[slice, slice]
 
@@ -79,13 +79,6 @@ def refine_crops(refiner: ProbabilityRefiner, rgb: np.ndarray, masks: Sequence[n
         yield (rows, cols), refiner.refine_probability(rgb[rows, cols], fg[rows, cols], fast=fast, L=L)
 
 
-def _to_uint8(prob: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Probabilities -> 0-255 (the library's truncating ``* 255``), or 0/255 at ``threshold``."""
-    if threshold is not None:
-        return np.where(prob >= threshold, 255, 0).astype(np.uint8)
-    return (prob * 255).astype(np.uint8)
-
-
 def refine_instances(image: Any, masks: Any, refiner: ProbabilityRefiner | None = None, *, context: float = 0.25,
                      threshold: float | None = None, resolve_overlaps: bool = False, fast: bool = False,
                      L: int = 900, bgr: bool = False) -> np.ndarray:
@@ -110,7 +103,7 @@ def refine_instances(image: Any, masks: Any, refiner: ProbabilityRefiner | None 
         for i, item in enumerate(refine_crops(refiner, rgb, fgs, context=context, fast=fast, L=L)):
             if item is not None:
                 (rows, cols), prob = item
-                out[i, rows, cols] = _to_uint8(prob, threshold)
+                out[i, rows, cols] = probability_to_uint8(prob, threshold)
         return out
     best_p = np.zeros((h, w), np.float32)
     best_i = np.full((h, w), -1, np.int32)
@@ -122,7 +115,7 @@ def refine_instances(image: Any, masks: Any, refiner: ProbabilityRefiner | None 
         wins = prob > region_p
         region_p[wins] = prob[wins]
         region_i[wins] = i
-        out[i, rows, cols] = _to_uint8(prob, threshold)
+        out[i, rows, cols] = probability_to_uint8(prob, threshold)
     for i in range(len(fgs)):
         out[i][best_i != i] = 0
     return out

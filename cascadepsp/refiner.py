@@ -112,6 +112,13 @@ def _check_threshold(threshold: float | None) -> float | None:
     return float(threshold)
 
 
+def probability_to_uint8(prob: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Probabilities -> soft 0-255 (the original's truncating ``* 255``), or 0/255 at ``threshold``."""
+    if threshold is not None:
+        return np.where(prob >= threshold, 255, 0).astype(np.uint8)
+    return (prob * 255).astype(np.uint8)
+
+
 def _openvino_model(model: nn.Module, device: torch.device, precision: str, compile: bool,
                     cache_dir: str | os.PathLike | None) -> nn.Module:
     """The OpenVINO stand-in for ``model``, after refusing options that do not apply to it."""
@@ -206,10 +213,7 @@ class Refiner:
         and the local window size. ``bgr=True`` for images read with OpenCV.
         """
         threshold = _check_threshold(threshold)
-        prob = self.refine_probability(image, mask, fast=fast, L=L, bgr=bgr)
-        if threshold is not None:
-            return np.where(prob >= threshold, 255, 0).astype(np.uint8)
-        return (prob * 255).astype(np.uint8)
+        return probability_to_uint8(self.refine_probability(image, mask, fast=fast, L=L, bgr=bgr), threshold)
 
 
 _DEFAULT: dict[tuple[str, str], Refiner] = {}
