@@ -11,11 +11,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "PRESETS": "config", "RMConfig": "config", "get_config": "config",
-    "RefinementModule": "model", "count_parameters": "model",
-    "Refiner": "refiner", "refine": "refiner", "refine_instances": "instances",
-    "convert_official": "weights", "create_model": "weights", "list_weights": "weights", "load_model": "weights",
-    "load_official": "weights", "save_model": "weights",
+    "PRESETS": "models.config", "RMConfig": "models.config", "get_config": "models.config",
+    "RefinementModule": "models.refinement", "count_parameters": "models.refinement",
+    "Refiner": "inference.refiner", "refine": "inference.refiner", "refine_instances": "instances.refine",
+    "convert_official": "weights.registry", "create_model": "weights.registry", "list_weights": "weights.registry", "load_model": "weights.registry",
+    "load_official": "weights.registry", "save_model": "weights.registry",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -46,7 +46,7 @@ exit codes:
 """
 
 
-class _RenamedOption(argparse.Action):
+class RenamedOption(argparse.Action):
     """An option that was renamed: one line naming the new spelling, exit 2."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", **kwargs: object) -> None:
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=["torch", "openvino"], default="torch",
                    help="torch (default) or openvino (CPU, fp32; needs cascadepsp[openvino]; converts once per "
                         "machine into $CASCADEPSP_HOME/openvino)")
-    r.add_argument("--mode", action=_RenamedOption, new="--engine (batched|reference; 'fast' is now 'batched')")
+    r.add_argument("--mode", action=RenamedOption, new="--engine (batched|reference; 'fast' is now 'batched')")
     r.add_argument("--batch-size", type=_positive, help="windows per model call (default: automatic)")
     r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="batched-engine precision (auto: bf16 on CUDA, fp32 on CPU)")
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_refine(args: argparse.Namespace) -> int:
-    from .folder import find_jobs, refine_folder
+    from .jobs.folder import refine_folder
+    from .jobs.pairing import find_jobs
 
     _setup_logging(args.verbose)
     find_jobs(args.inputs, args.out, args.gt)  # inputs and output folder first: before the weights are loaded
@@ -209,7 +210,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from .refiner import Refiner
+    from .inference.refiner import Refiner
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, batch_size=args.batch_size,
                       precision=args.precision, backend=args.backend)
@@ -245,7 +246,7 @@ def _run_folder(args: argparse.Namespace, run: Callable[[Callable[[Any], None]],
 
 
 def _cmd_refine_ray(args: argparse.Namespace) -> int:
-    from .distributed import refine_dataset
+    from .jobs.distributed import refine_dataset
 
     if args.threads:
         raise ValueError("--threads does not apply with --ray; use --ray-cpus-per-actor")
@@ -262,10 +263,10 @@ def _cmd_refine_ray(args: argparse.Namespace) -> int:
 
 
 def _cmd_refine_coco(args: argparse.Namespace) -> int:
-    from .coco import mask_api
-    from .coco_file import CocoOptions, check_paths, load_inputs, refine_coco_file
-    from .instances import check_context
-    from .refiner import check_L
+    from .inference.refiner import check_L
+    from .instances.coco import mask_api
+    from .instances.refine import check_context
+    from .jobs.coco_file import CocoOptions, check_paths, load_inputs, refine_coco_file
 
     _setup_logging(args.verbose)
     mask_api()  # pycocotools first: before the weights are loaded
@@ -277,7 +278,7 @@ def _cmd_refine_coco(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from .refiner import Refiner
+    from .inference.refiner import Refiner
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine)
     failures: list[str] = []
@@ -300,15 +301,16 @@ def _cmd_refine_coco(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .download import default_official_path
-    from .weights import REGISTRY, bundled_path
+    from .weights.download import default_official_path
+    from .weights.registry import REGISTRY, bundled_path
 
     print(f"cascadepsp {__version__}, torch {torch.__version__}")
     print("named weights:")
-    for name, spec in sorted(REGISTRY.items()):
-        path = default_official_path() if spec.official else bundled_path(spec.filename)
-        state = "available" if path.is_file() else "missing"
-        print(f"  {name:<9} {spec.description} [{state}: {path}]")
+    for network, specs in REGISTRY.items():
+        for name, spec in sorted(specs.items()):
+            path = default_official_path() if spec.official else bundled_path(spec.filename, network)
+            state = "available" if path.is_file() else "missing"
+            print(f"  {network + ' ' + name:<16} {spec.description} [{state}: {path}]")
     print("devices: cpu" + "".join(f", cuda:{k} ({torch.cuda.get_device_name(k)})"
                                    for k in range(torch.cuda.device_count())))
     print(f"default device: {'cuda' if torch.cuda.is_available() else 'cpu'}")
@@ -316,7 +318,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .download import download_official
+    from .weights.download import download_official
 
     path = download_official(args.dest, force=args.force)
     print(f"official checkpoint: {path}")
@@ -324,7 +326,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .weights import convert_official
+    from .weights.registry import convert_official
 
     path = convert_official(args.src, args.dst, half=args.half)
     print(f"wrote {path}")
@@ -332,8 +334,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .export import INPUT_NAMES, OUTPUT_NAMES, export_onnx
-    from .weights import load_model
+    from .deploy.onnx_export import INPUT_NAMES, OUTPUT_NAMES, export_onnx
+    from .weights.registry import load_model
 
     if not args.out.endswith(".onnx"):
         raise ValueError(f"out: expected a path ending in .onnx, got {args.out}")

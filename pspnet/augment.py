@@ -13,15 +13,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cascadepsp.data import AugmentConfig, paste_object, random_background
-from cascadepsp.inference import IMAGENET_MEAN, IMAGENET_STD
+from cascadepsp.configs import JsonConfig
+from cascadepsp.constants import IMAGENET_MEAN
+from cascadepsp.inference.reference import normalise_u8
+from cascadepsp.training.data import AugmentConfig, paste_object, random_background
 
 IGNORE_INDEX = 255
 MEAN_PIXEL = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)  # padding colour: zero after normalisation
 
 
 @dataclass(frozen=True)
-class SegAugmentConfig:
+class SegAugmentConfig(JsonConfig):
     """Ranges of the random augmentation (the PSPNet recipe: scale 0.5-2, rotation +-10 deg, blur, flip)."""
 
     scale: tuple[float, float] = (0.5, 2.0)
@@ -118,7 +120,4 @@ def composite_pair(image: np.ndarray, mask: np.ndarray, background: np.ndarray, 
 
 def normalize(image: np.ndarray) -> Tensor:
     """HxWx3 uint8 RGB -> 3xHxW float32 tensor with ImageNet mean/std normalisation."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return t.sub_(mean).div_(std)
+    return normalise_u8(torch.from_numpy(np.ascontiguousarray(image)))

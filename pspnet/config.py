@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from cascadepsp.configs import JsonConfig
 
 from .postprocess import check_component_fraction
 
 
 @dataclass(frozen=True)
-class PSPNetConfig:
+class PSPNetConfig(JsonConfig):
     """Every choice that shapes a :class:`pspnet.PSPNet`, plus the geometry it was trained at.
 
     ``crop_size`` / ``base_size`` are not architecture: they record the training crop and the long side
@@ -61,23 +62,8 @@ class PSPNetConfig:
         if float(self.aux_weight) < 0.0:
             raise ValueError(f"aux_weight: expected a value >= 0, got {self.aux_weight!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PSPNetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown PSPNetConfig fields: {sorted(unknown)}")
-        kw = dict(d)
-        for key in ("ppm_bins", "scales"):
-            if isinstance(kw.get(key), list):
-                kw[key] = tuple(kw[key])
-        return cls(**kw)
 
     def replace(self, **changes: Any) -> PSPNetConfig:
         return dataclasses.replace(self, **changes)

@@ -4,7 +4,7 @@ Layouts (detected per root): DAVIS (``JPEGImages/<seq>/*.jpg`` + ``Annotations/<
 ``<name>_im.jpg`` + ``<name>_gt.png`` pairs of the CascadePSP test sets, and ``images/`` + ``masks/`` with
 matching stems. The split is the refiner's (so neither model validates on the other's training images): DAVIS
 holds out the last ``val_sequences`` sequences in sorted order (frames of one sequence are correlated); other
-layouts use :func:`cascadepsp.datasets.split_by_name` (the ``val_fraction`` of names with the smallest hash).
+layouts use :func:`cascadepsp.io.splits.split_by_name` (the ``val_fraction`` of names with the smallest hash).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cascadepsp import datasets, imageio
-from cascadepsp.datasets import Sample
+from cascadepsp.io import images, layouts, splits
+from cascadepsp.io import images as imageio
+from cascadepsp.io.layouts import Sample
 
 from .augment import IGNORE_INDEX, SegAugmentConfig, augment_pair, composite_pair, normalize
 
@@ -41,9 +42,9 @@ def detect_layout(root: Path) -> str:
 
 def _davis_samples(root: Path, split: str, sequences: Sequence[str] | None, val_sequences: int,
                    frame_step: int, dev_sequences: int) -> list[Sample]:
-    all_seqs = datasets.davis_sequences(root, "Annotations")
+    all_seqs = layouts.davis_sequences(root, "Annotations")
     val = all_seqs[len(all_seqs) - val_sequences:] if val_sequences > 0 else []
-    train, dev = datasets.split_dev_sequences([s for s in all_seqs if s not in val], dev_sequences, "dev_sequences",
+    train, dev = splits.split_dev_sequences([s for s in all_seqs if s not in val], dev_sequences, "dev_sequences",
                                               f" in {root}")
     parts = {"train": train, "dev": dev, "val": val, "all": all_seqs}
     chosen = parts[split]
@@ -52,7 +53,7 @@ def _davis_samples(root: Path, split: str, sequences: Sequence[str] | None, val_
         if unknown:
             raise ValueError(f"sequences: {sorted(unknown)} not found in {root / 'Annotations'}")
         chosen = [s for s in chosen if s in set(sequences)]
-    frames = [s for s in datasets.find_davis(root, chosen) if s.gt is not None]
+    frames = [s for s in layouts.find_davis(root, chosen) if s.gt is not None]
     return [s for seq in chosen for s in [f for f in frames if f.group == seq][::frame_step]]
 
 
@@ -73,33 +74,33 @@ def find_samples(root: str | Path, split: str = "train", *, sequences: Sequence[
     if layout == "davis":
         return _davis_samples(root, split, sequences, val_sequences, frame_step, dev_sequences)
     if layout == "pairs":
-        samples = [s for s in datasets.find_original(root).samples if s.image is not None and s.gt is not None]
+        samples = [s for s in layouts.find_original(root).samples if s.image is not None and s.gt is not None]
     else:
-        samples = datasets.find_images_masks(root)
+        samples = layouts.find_images_masks(root)
     if split == "all":
         return samples
-    train, val = datasets.split_by_name(samples, val_fraction)
-    train, dev = datasets.split_by_name(train, dev_fraction, DEV_SEED) if dev_fraction > 0 else (train, [])
+    train, val = splits.split_by_name(samples, val_fraction)
+    train, dev = splits.split_by_name(train, dev_fraction, DEV_SEED) if dev_fraction > 0 else (train, [])
     return list({"train": train, "dev": dev, "val": val}[split])
 
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as upright HxWx3 uint8 RGB (``ImageReadError``, a ``ValueError``, if unreadable)."""
-    return datasets.read_rgb(path)[0]
+    return images.read_rgb(path)[0]
 
 
 def load_mask(path: str | Path, mode: str = "binary", image: str | Path | None = None) -> np.ndarray:
     """Read a mask as HxW uint8 class ids, in the frame of ``image`` (its upright photo) when given.
 
-    ``binary``: foreground by :meth:`cascadepsp.imageio.MaskFile.binary` -> 1, else 0. ``labels``: palette
+    ``binary``: foreground by :meth:`cascadepsp.io.images.MaskFile.binary` -> 1, else 0. ``labels``: palette
     indices, grey values or colours as class ids (255 stays the ignore index).
     """
     if mode not in MASK_MODES:
         raise ValueError(f"mask_mode: expected one of {MASK_MODES}, got {mode!r}")
     header = imageio.read_image_header(image) if image is not None else None
     if mode == "binary":
-        return datasets.read_binary(path, header).astype(np.uint8)
-    ids = datasets.read_label_ids(path, header)
+        return images.read_binary(path, header).astype(np.uint8)
+    ids = images.read_label_ids(path, header)
     if ids.max(initial=0) > IGNORE_INDEX or ids.min(initial=0) < 0:
         raise ValueError(f"mask: label ids in {path} must lie in 0..255")
     return ids.astype(np.uint8)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cascadepsp.inputs import to_rgb_uint8
+from cascadepsp.io.inputs import to_rgb_uint8
 
 from .augment import long_side_size, normalize
 from .config import check_scales, check_threshold
@@ -141,7 +141,7 @@ class PSPNetSegmenter:
 
     def __init__(self, model: PSPNet | str | os.PathLike | None = "default",
                  device: str | torch.device | None = None, **predict_kwargs: Any) -> None:
-        from cascadepsp.weights import resolve_device
+        from cascadepsp.devices import resolve_device
 
         self.model = _resolve(model).to(resolve_device(device)).eval()
         if self.model.config.classes > 2:

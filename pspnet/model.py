@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import Tensor, nn
 
-from cascadepsp.pretrained import input_affine, load_imagenet_encoder
+from cascadepsp.models.encoder import input_affine
 
 from .config import PSPNetConfig
 
@@ -119,11 +119,6 @@ class PSPNet(nn.Module):
         if isinstance(config, dict):
             config = PSPNetConfig.from_dict(config)
         return cls(config=config)
-
-    def load_imagenet(self) -> PSPNet:
-        """Initialise the encoder from locally installed ImageNet weights (see :mod:`cascadepsp.pretrained`)."""
-        load_imagenet_encoder(self.encoder, self.config.encoder_name)
-        return self
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the randomly initialised heads (PPM, classifier, aux): they get 10x lr in training."""

@@ -11,29 +11,21 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import cv2
 import numpy as np
 
-from cascadepsp.datasets import list_images, read_rgb
-from cascadepsp.imageio import encode_png, write_atomic
+from cascadepsp.evaluation.overlay import GAP, make_overlay
+from cascadepsp.inference.protocols import MaskRefiner, Segmenter
+from cascadepsp.io.atomic import write_atomic
+from cascadepsp.io.images import encode_png, read_rgb
+from cascadepsp.io.layouts import list_images
 
 from .inference import PSPNetSegmenter
 
 OUTPUT_SUFFIXES = ("_coarse.png", "_refined.png", "_side_by_side.png")
+SIDE_BY_SIDE_WIDTH = 3 * 1024 + 2 * GAP  # panels of at most 1024 px wide
 SEGMENTERS = ("pspnet", "u2netp")
-
-
-class Segmenter(Protocol):  # PSPNetSegmenter, cascadepsp.segmenters.U2NetP
-    def predict(self, image: Any, bgr: bool = False) -> np.ndarray: ...
-
-    def predict_mask(self, image: Any) -> np.ndarray: ...  # HxW bool, cut at the segmenter's own threshold
-
-
-class MaskRefiner(Protocol):  # cascadepsp.Refiner
-    def refine(self, image: Any, mask: Any, fast: bool = False, L: int = 900, threshold: float | None = None,
-               bgr: bool = False) -> np.ndarray: ...
 
 
 @dataclass
@@ -56,7 +48,7 @@ def build_segmenter(kind: str = "pspnet", *, pspnet_weights: str | os.PathLike |
     if kind == "u2netp":
         if onnx_path is None:
             raise ValueError("onnx_path: the u2netp segmenter needs the path of u2netp.onnx")
-        from cascadepsp.segmenters import U2NetP
+        from cascadepsp.inference.segmenters import U2NetP
 
         return U2NetP(onnx_path)
     raise ValueError(f"segmenter: expected one of {SEGMENTERS}, got {kind!r}")
@@ -95,26 +87,6 @@ def write_png_atomic(path: Path, array: np.ndarray) -> None:
     write_atomic(path, encode_png(np.ascontiguousarray(bgr)))
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 60)) -> np.ndarray:
-    """The image with the mask's foreground tinted and its background dimmed."""
-    fg = mask.astype(bool)[:, :, None]
-    tinted = 0.55 * image + 0.45 * np.array(colour, np.float32)
-    out = np.where(fg, tinted, 0.45 * image)
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def side_by_side(image: np.ndarray, coarse: np.ndarray, refined: np.ndarray, max_side: int = 1024) -> np.ndarray:
-    """image | coarse overlay | refined overlay, each panel scaled so its long side is at most ``max_side``."""
-    panels = [image, overlay(image, coarse), overlay(image, refined)]
-    h, w = image.shape[:2]
-    s = min(1.0, max_side / max(h, w))
-    if s < 1.0:
-        size = (max(1, round(w * s)), max(1, round(h * s)))
-        panels = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in panels]
-    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
-    return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
-
-
 def output_stems(images: Sequence[Path]) -> list[str]:
     """Output name stems: the file stems, with ``-2``, ``-3``... added where two inputs share a stem."""
     used: dict[str, int] = {}
@@ -142,7 +114,7 @@ def process_image(path: Path, out_dir: Path, segmenter: Segmenter, refiner: Mask
     refined = refiner.refine(image, coarse, fast=fast, L=L)
     refined_fg = refined >= 128
     coarse_png = np.where(coarse, 255, 0).astype(np.uint8)
-    for target, array in zip(targets, (coarse_png, refined, side_by_side(image, coarse, refined_fg)), strict=True):
+    for target, array in zip(targets, (coarse_png, refined, make_overlay(image, coarse, refined_fg, max_width=SIDE_BY_SIDE_WIDTH)), strict=True):
         write_png_atomic(target, array)
     return targets
 

@@ -4,48 +4,51 @@ bf16 autocast on GPU, and a validation loop that reports mIoU on full images.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cascadepsp import runfiles
-from cascadepsp.checkpoint import INFERENCE_CONFIG_KEYS
-from cascadepsp.data import load_backgrounds
-from cascadepsp.imageio import write_atomic
-from cascadepsp.pretrained import SOURCES as PRETRAINED_SOURCES
-from cascadepsp.weights import resolve_device
+from cascadepsp.configs import JsonConfig
+from cascadepsp.devices import resolve_device
+from cascadepsp.io.atomic import write_atomic
+from cascadepsp.training import runfiles
+from cascadepsp.training.data import load_backgrounds
+from cascadepsp.weights.files import INFERENCE_CONFIG_KEYS
+from cascadepsp.weights.imagenet import SOURCES as PRETRAINED_SOURCES
+from cascadepsp.weights.imagenet import load_imagenet_encoder
 
-from .augment import IGNORE_INDEX, SegAugmentConfig
+from .augment import SegAugmentConfig
 from .config import PSPNetConfig
-from .data import Sample, SegmentationDataset, find_samples, load_image, load_mask
-from .inference import predict
+from .data import Sample, SegmentationDataset, find_samples
+from .evaluate import evaluate
+from .losses import segmentation_loss
 from .model import PSPNet
+from .schedule import build_optimizer, set_poly_lr
 from .weights import load, save
 
-CHECKPOINT_NAME = runfiles.CKPT_NAME
+CHECKPOINT_NAME = runfiles.CHECKPOINT_NAME
 RESUME_MUST_MATCH = ("seed", "batch_size", "crop_size", "base_size", "mask_mode", "dev_sequences", "dev_fraction")  # data order and shapes
-RESUME_SHOULD_MATCH = ("iters", "lr", "data", "augment", "composite_prob", "backgrounds")
+RESUME_SHOULD_MATCH = ("iterations", "lr", "data", "augment", "composite_prob", "backgrounds")
 LEGACY_CHECKPOINT_NAME = "last.pt"  # runs started before the trainers shared their file names still resume
 LOG_COLUMNS = ("step", "lr", "loss", "main", "aux", "time_s", "val_miou", "val_pixel_acc", "val_images")
 
 
 @dataclass
-class PSPNetTrainConfig:
+class PSPNetTrainConfig(JsonConfig):
     """Everything one training run needs; stored in its checkpoints."""
+
+    renamed_fields = {"iters": "iterations", "val_max_images": "val_max_items"}  # runs saved before 2026-12
 
     data: tuple[str, ...]
     out_dir: str
@@ -57,7 +60,7 @@ class PSPNetTrainConfig:
     crop_size: int = 320
     base_size: int = 512
     batch_size: int = 8
-    iters: int = 2000
+    iterations: int = 2000
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -70,11 +73,11 @@ class PSPNetTrainConfig:
     workers: int = 2
     val_every: int = 0  # 0: validate only at the end
     val_at_end: bool = True
-    val_max_images: int = 60  # evenly spaced subset of the validation images (0 = all)
+    val_max_items: int = 60  # evenly spaced subset of the validation images (0 = all)
     checkpoint_every: int = 100
     keep_every: int = 0  # also write step_N.safetensors every N steps, to average late weights (0: off)
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
-    stop_at_step: int | None = None  # stop early at this step; the schedule still spans ``iters``
+    stop_at_step: int | None = None  # stop early at this step; the schedule still spans ``iterations``
     seed: int = 0
     device: str | None = None
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -102,7 +105,7 @@ class PSPNetTrainConfig:
             raise ValueError("data: expected at least one dataset root")
         if self.classes < 2:
             raise ValueError(f"classes: training uses softmax cross-entropy, expected >= 2, got {self.classes}")
-        for name in ("batch_size", "iters", "crop_size", "base_size"):
+        for name in ("batch_size", "iterations", "crop_size", "base_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -113,8 +116,6 @@ class PSPNetTrainConfig:
             aug["scale"] = tuple(aug.get("scale", SegAugmentConfig.scale))
             self.augment = SegAugmentConfig(**aug)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def model_config(self) -> PSPNetConfig:
         return PSPNetConfig(encoder_name=self.encoder_name, classes=self.classes, dropout=self.dropout,
@@ -122,88 +123,9 @@ class PSPNetTrainConfig:
                             aux_weight=self.aux_weight, crop_size=self.crop_size, base_size=self.base_size)
 
 
-def poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9) -> float:
-    """``base_lr * (1 - step / max_steps) ** power`` (0 at and beyond ``max_steps``)."""
-    if max_steps <= 0:
-        raise ValueError(f"max_steps: expected a positive integer, got {max_steps!r}")
-    frac = min(max(step, 0), max_steps) / max_steps
-    return base_lr * (1.0 - frac) ** power
-
-
-def build_optimizer(model: PSPNet, cfg: PSPNetTrainConfig) -> torch.optim.SGD:
-    """SGD with two groups: the encoder at ``lr`` and the heads (PPM, classifier, aux) at ``head_lr_mult x lr``."""
-    groups = [{"params": list(model.encoder_parameters()), "lr_mult": 1.0, "name": "encoder"},
-              {"params": list(model.head_parameters()), "lr_mult": cfg.head_lr_mult, "name": "head"}]
-    for g in groups:
-        g["lr"] = cfg.lr * g["lr_mult"]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: PSPNetTrainConfig, step: int) -> float:
-    """Apply the poly schedule for ``step`` to every group; returns the base (encoder) lr."""
-    lr = poly_lr(cfg.lr, step, cfg.iters, cfg.poly_power)
-    for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_mult", 1.0)
-    return lr
-
-
-def segmentation_loss(outputs: Tensor | tuple[Tensor, Tensor | None], target: Tensor, aux_weight: float = 0.4
-                      ) -> tuple[Tensor, dict[str, float]]:
-    """Cross-entropy (ignore 255) on the main logits plus ``aux_weight`` x that of the auxiliary logits."""
-    main, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
-    main_loss = F.cross_entropy(main.float(), target, ignore_index=IGNORE_INDEX)
-    total = main_loss
-    parts = {"main": float(main_loss.detach())}
-    if aux is not None and aux_weight > 0:
-        aux_loss = F.cross_entropy(aux.float(), target, ignore_index=IGNORE_INDEX)
-        total = total + aux_weight * aux_loss
-        parts["aux"] = float(aux_loss.detach())
-    return total, parts
-
-
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
-    """``classes x classes`` counts (rows: target, columns: prediction), ignoring target 255."""
-    valid = target != IGNORE_INDEX
-    t = target[valid].astype(np.int64)
-    p = np.clip(pred[valid].astype(np.int64), 0, classes - 1)
-    if t.size and t.max() >= classes:
-        raise ValueError(f"target: label {int(t.max())} >= classes={classes}")
-    return np.bincount(t * classes + p, minlength=classes * classes).reshape(classes, classes)
-
-
-def iou_from_confusion(conf: np.ndarray) -> dict[str, Any]:
-    """Per-class IoU, mIoU over classes that occur (in target or prediction), and pixel accuracy."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = union > 0
-    iou = np.where(present, tp / np.maximum(union, 1), np.nan)
-    return {"miou": float(np.nanmean(iou)) if present.any() else float("nan"),
-            "iou": [None if np.isnan(v) else float(v) for v in iou],
-            "pixel_acc": float(tp.sum() / max(conf.sum(), 1))}
-
-
-def evaluate(model: PSPNet, samples: Sequence[Sample], mask_mode: str = "binary", max_images: int = 0,
-             crop: int | None = None, base_size: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """mIoU of ``model`` on full-resolution validation images (via :func:`pspnet.predict`)."""
-    if max_images and len(samples) > max_images:
-        idx = np.linspace(0, len(samples) - 1, max_images).round().astype(int)
-        samples = [samples[i] for i in sorted(set(idx.tolist()))]
-    classes = max(model.config.classes, 2)
-    conf = np.zeros((classes, classes), np.int64)
-    was_training = model.training
-    model.eval()
-    try:
-        for s in tqdm(samples, desc="val", leave=False, disable=not progress):
-            _, pred = predict(load_image(s.image), model, crop=crop, base_size=base_size)
-            conf += confusion_matrix(pred, load_mask(s.gt, mask_mode, s.image), classes)
-    finally:
-        model.train(was_training)
-    return {**iou_from_confusion(conf), "images": len(samples)}
-
-
 def save_checkpoint(path: str | Path, model: PSPNet, optimizer: torch.optim.Optimizer, step: int,
                     cfg: PSPNetTrainConfig, extra: dict[str, Any] | None = None) -> Path:
-    """Atomically write model + optimizer + step + configs (:func:`cascadepsp.runfiles.save_checkpoint`)."""
+    """Atomically write model + optimizer + step + configs (:func:`cascadepsp.training.runfiles.save_checkpoint`)."""
     blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "model_config": model.config.to_dict(), "train_config": json.dumps(cfg.to_dict(), default=str),
             "extra": json.dumps(extra or {}), "torch_rng": torch.get_rng_state()}
@@ -286,7 +208,7 @@ def warm_start(model: PSPNet, path: str | os.PathLike) -> None:
 
 @runfiles.stop_signals_interrupt()  # kill PID stops like Ctrl-C: checkpoint and step_N weights kept
 def train(cfg: PSPNetTrainConfig) -> TrainResult:
-    """Train (or resume from ``out_dir/ckpt_last.pt``) until ``iters``, ``stop_at_step`` or ``max_minutes``."""
+    """Train (or resume from ``out_dir/ckpt_last.pt``) until ``iterations``, ``stop_at_step`` or ``max_minutes``."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -301,7 +223,7 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
     if cfg.init:
         warm_start(model, cfg.init)
     elif cfg.pretrained and cfg.encoder_name in PRETRAINED_SOURCES:
-        model.load_imagenet()
+        load_imagenet_encoder(model.encoder, cfg.encoder_name)
     model = model.to(device)
     optimizer = build_optimizer(model, cfg)
     ckpt_path = out / CHECKPOINT_NAME
@@ -310,7 +232,7 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
     resume_from = ckpt_path if ckpt_path.is_file() else out / LEGACY_CHECKPOINT_NAME
     if cfg.resume and resume_from.is_file():
         blob = load_checkpoint(resume_from, model, optimizer)
-        runfiles.check_resume(json.loads(blob["train_config"]), json.loads(json.dumps(cfg.to_dict(), default=str)),
+        runfiles.check_resume(PSPNetTrainConfig.upgrade_keys(json.loads(blob["train_config"])), cfg.to_dict(),
                               RESUME_MUST_MATCH, RESUME_SHOULD_MATCH)
         step = int(blob["step"])
         best = blob["extra"].get("best", {})
@@ -323,7 +245,7 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
     stopped_early = False
 
     def validate() -> None:
-        result = evaluate(model, val_samples, cfg.mask_mode, cfg.val_max_images, progress=cfg.progress)
+        result = evaluate(model, val_samples, cfg.mask_mode, cfg.val_max_items, progress=cfg.progress)
         result["step"] = step
         validations.append(result)
         log.write({"step": step, "time_s": round(time.monotonic() - start, 2),
@@ -336,10 +258,10 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
 
     write_atomic(out / "config.json", json.dumps({"config": cfg.to_dict(), "train_images": len(train_samples),
                                                   "val_images": len(val_samples)}, indent=1, default=str).encode())
-    bar = tqdm(total=cfg.iters, initial=step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.iterations, initial=step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
     model.train()
     try:
-        while step < cfg.iters:
+        while step < cfg.iterations:
             if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
                 stopped_early = True
                 break
@@ -367,7 +289,7 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
             log.write({"time_s": round(time.monotonic() - start, 2), **record})
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
-            if cfg.keep_every and step % cfg.keep_every == 0 and step < cfg.iters:
+            if cfg.keep_every and step % cfg.keep_every == 0 and step < cfg.iterations:
                 save(model, out / f"step_{step}.safetensors", metadata=_weights_meta(cfg, step, None))
             if cfg.val_every and step % cfg.val_every == 0 and val_samples:
                 validate()
@@ -377,7 +299,7 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
         warnings.warn(f"interrupted at step {step}; saving a checkpoint", stacklevel=2)
     finally:
         bar.close()
-    finished = step >= cfg.iters
+    finished = step >= cfg.iterations
     if finished and cfg.val_at_end and val_samples and not (validations and validations[-1]["step"] == step):
         validate()
     save_checkpoint(ckpt_path, model, optimizer, step, cfg, {"best": best})
@@ -387,7 +309,7 @@ def train(cfg: PSPNetTrainConfig) -> TrainResult:
 
 
 def _weights_meta(cfg: PSPNetTrainConfig, step: int, val: dict[str, Any] | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"step": step, "iters": cfg.iters, "data": list(cfg.data), "mask_mode": cfg.mask_mode,
+    meta: dict[str, Any] = {"step": step, "iterations": cfg.iterations, "data": list(cfg.data), "mask_mode": cfg.mask_mode,
                             "trainer": "pspnet.train"}
     if val is not None:
         meta["validated_on"] = cfg.validate_on

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cascadepsp.checkpoint import load_state_tolerant, load_weights, save_weights
+from cascadepsp.weights import registry
+from cascadepsp.weights.files import load_state_tolerant, load_weights, save_weights
 
 from .config import PSPNetConfig
 from .model import PSPNet
 
 MODEL_FORMAT = "pspnet"
-DEFAULT_WEIGHTS = "pspnet_fg.safetensors"
+DEFAULT_WEIGHTS = registry.find_weights("default", "pspnet").filename
 
 
 def bundled_path(filename: str = DEFAULT_WEIGHTS) -> Path:
-    """Location of a weight file shipped inside the ``pspnet`` package."""
-    return Path(str(resources.files("pspnet") / "weights" / filename))
+    """Location of a weight file shipped inside the ``pspnet`` package (named in :mod:`cascadepsp.weights.registry`)."""
+    return registry.bundled_path(filename, "pspnet")
 
 
 def create(encoder_name: str = "resnet50", classes: int = 2, **kwargs: Any) -> PSPNet:
@@ -28,8 +28,9 @@ def create(encoder_name: str = "resnet50", classes: int = 2, **kwargs: Any) -> P
 
 def load_with_metadata(weights: str | os.PathLike | None = "default") -> tuple[PSPNet, dict[str, str]]:
     """Like :func:`load`, also returning the file's string metadata header."""
-    if weights is None or (isinstance(weights, str) and weights == "default"):
-        path = bundled_path()
+    spec = registry.find_weights(weights or "default", "pspnet") if isinstance(weights, (str, type(None))) else None
+    if spec is not None:
+        path = bundled_path(spec.filename)
         if not path.is_file():
             raise FileNotFoundError(
                 f"the default PSPNet weights ({DEFAULT_WEIGHTS}) are missing from this installation "
@@ -37,7 +38,7 @@ def load_with_metadata(weights: str | os.PathLike | None = "default") -> tuple[P
     else:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"weights: no such file {path} (or pass 'default')")
+            raise FileNotFoundError(f"weights: no such file {path} (named weights: {registry.list_weights('pspnet')})")
     state, config, meta = load_weights(path, expected_format=MODEL_FORMAT)
     model = PSPNet.from_config(PSPNetConfig.from_dict(config))
     load_state_tolerant(model, state)

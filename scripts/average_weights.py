@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cascadepsp.checkpoint import average_weights, save_weights
+from cascadepsp.weights.files import average_weights, save_weights
 
 
 def main(argv: list[str] | None = None) -> int:

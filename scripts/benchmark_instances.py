@@ -20,10 +20,9 @@ import cv2
 import numpy as np
 import torch
 
-from cascadepsp.datasets import read_binary
-from cascadepsp.imageio import read_image
-from cascadepsp.instances import refine_instances
-from cascadepsp.refiner import Refiner
+from cascadepsp.inference.refiner import Refiner
+from cascadepsp.instances.refine import refine_instances
+from cascadepsp.io.images import read_binary, read_image
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from cascadepsp import Refiner
-from cascadepsp.distributed import refine_dataset
-from cascadepsp.folder import refine_folder
+from cascadepsp.jobs.distributed import refine_dataset
+from cascadepsp.jobs.folder import refine_folder
 
 
 def build_folder(davis: Path, count: int, dest: Path) -> int:

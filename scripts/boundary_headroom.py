@@ -17,9 +17,9 @@ import sys
 import cv2
 import numpy as np
 
-from cascadepsp.datasets import add_selection_arguments, selected_samples
-from cascadepsp.evaluation import load_sample
-from cascadepsp.metrics import binarize, boundary_accuracy
+from cascadepsp.evaluation.evaluate import load_sample
+from cascadepsp.evaluation.metrics import binarize, boundary_accuracy
+from cascadepsp.io.splits import add_selection_arguments, selected_samples
 
 BANDS = (1, 2, 3, 5, 8, 15)
 

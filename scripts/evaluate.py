@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cascadepsp.datasets import SPLITS
-from cascadepsp.evaluation import (
+from cascadepsp.evaluation.evaluate import (
     COARSE,
     REFINER,
     build_methods,
@@ -21,6 +20,7 @@ from cascadepsp.evaluation import (
     save_figure,
     select_samples,
 )
+from cascadepsp.io.splits import SPLITS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N triplets")
     p.add_argument("--split", choices=SPLITS, default="all",
                    help="for a flat folder: keep the training or validation part of the refiner's name-hash "
-                        "split (cascadepsp.datasets.split_by_name, 20%% validation), or the dev part the "
+                        "split (cascadepsp.io.splits.split_by_name, 20%% validation), or the dev part the "
                         "trainers hold back from training (10%% of the training part)")
     p.add_argument("--out-csv", default=None, help="write per-image metrics here")
     p.add_argument("--out-json", default=None,

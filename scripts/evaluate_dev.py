@@ -3,7 +3,7 @@
 subset (small photos), with the guided-filter baseline and the do-no-harm edit band at several widths.
 
 The refiner runs once per image; every band width is applied to that one probability map
-(``cascadepsp.inference.confine_to_band``), so a sweep costs no more than one run.
+(``cascadepsp.inference.reference.confine_to_band``), so a sweep costs no more than one run.
 
     python scripts/evaluate_dev.py runs/dev --weights default --bands 0.02,0.05 --out-json runs/dev_default.json
 """
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cascadepsp.baselines import BASELINES
-from cascadepsp.evaluation import REFINER, evaluate_sets, find_triplets, format_sets_table
-from cascadepsp.imageio import write_atomic
-from cascadepsp.inference import confine_to_band
-from cascadepsp.inputs import to_binary_mask
-from cascadepsp.refiner import Refiner
+from cascadepsp.evaluation.baselines import BASELINES
+from cascadepsp.evaluation.evaluate import REFINER, evaluate_sets, find_triplets, format_sets_table
+from cascadepsp.inference.reference import confine_to_band
+from cascadepsp.inference.refiner import Refiner
+from cascadepsp.io.atomic import write_atomic
+from cascadepsp.io.inputs import to_binary_mask
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from cascadepsp.cli import main as cli_main
-from cascadepsp.coco import decode_segmentation, encode_rle
-from cascadepsp.datasets import DAVIS_COARSE, find_davis, read_binary
-from cascadepsp.imageio import read_image, read_image_header, write_atomic
-from cascadepsp.metrics import SegMetrics
-from cascadepsp.refiner import Refiner
+from cascadepsp.evaluation.metrics import SegMetrics
+from cascadepsp.inference.refiner import Refiner
+from cascadepsp.instances.coco import decode_segmentation, encode_rle
+from cascadepsp.io.atomic import write_atomic
+from cascadepsp.io.images import read_binary, read_image, read_image_header
+from cascadepsp.io.layouts import DAVIS_COARSE, find_davis
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

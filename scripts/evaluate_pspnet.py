@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import torch
 
-from cascadepsp.datasets import add_selection_arguments, selected_samples
-from cascadepsp.evaluation import evaluate_pairs, report
+from cascadepsp.evaluation.evaluate import evaluate_pairs, report
+from cascadepsp.io.splits import add_selection_arguments, selected_samples
 from pspnet import PSPNetSegmenter
 from pspnet.config import check_threshold
 from pspnet.postprocess import check_component_fraction

@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import torch
 
-from cascadepsp.datasets import read_binary
-from cascadepsp.imageio import encode_jpeg, read_image, write_atomic
-from cascadepsp.instances import refine_instances
-from cascadepsp.overlay import make_overlay
-from cascadepsp.refiner import Refiner
+from cascadepsp.evaluation.overlay import make_overlay
+from cascadepsp.inference.refiner import Refiner
+from cascadepsp.instances.refine import refine_instances
+from cascadepsp.io.atomic import write_atomic
+from cascadepsp.io.images import encode_jpeg, read_binary, read_image
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -17,8 +17,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 import pspnet
-from cascadepsp.datasets import add_selection_arguments, read_rgb, selected_samples
-from cascadepsp.imageio import encode_png, write_atomic
+from cascadepsp.io.atomic import write_atomic
+from cascadepsp.io.images import encode_png, read_rgb
+from cascadepsp.io.splits import add_selection_arguments, selected_samples
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,20 +30,19 @@ import torch
 from tqdm import tqdm
 
 import pspnet
-from cascadepsp.data import list_duts
-from cascadepsp.datasets import (
+from cascadepsp.io.atomic import write_atomic
+from cascadepsp.io.images import encode_png, read_binary, read_rgb
+from cascadepsp.io.layouts import Sample
+from cascadepsp.io.splits import (
     DAVIS_TRAIN_DEV_SEQUENCES,
     DEV_SALT,
     DUTS_DEV_COUNT,
-    Sample,
     davis_eval_samples,
     hold_out_by_name,
-    read_binary,
-    read_rgb,
     select_samples,
 )
-from cascadepsp.imageio import encode_png, write_atomic
-from cascadepsp.perturb import LowResConfig, lowres_mask
+from cascadepsp.training.data import list_duts
+from cascadepsp.training.perturb import LowResConfig, lowres_mask
 
 SEGMENTER_SIDE, PHOTO_2K = 320, 2048  # a 320-px segmenter's mask on a 2K photo
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cascadepsp.datasets import DAVIS_COARSE, find_davis, read_rgb
-from cascadepsp.imageio import encode_png, write_atomic
-from cascadepsp.segmenters import U2NetP
+from cascadepsp.inference.segmenters import U2NetP
+from cascadepsp.io.atomic import write_atomic
+from cascadepsp.io.images import encode_png, read_rgb
+from cascadepsp.io.layouts import DAVIS_COARSE, find_davis
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", help="DAVIS-layout folder (JPEGImages/<seq>/)")
     p.add_argument("onnx", help="u2netp.onnx")
     p.add_argument("--sequences", help="comma-separated sequences (default: all)")
-    p.add_argument("--every", type=int, default=5, help="every N-th frame of each sequence (frame index % N == 0)")
+    p.add_argument("--every", type=int, default=5, help="every N-th frame of each sequence (frame index %% N == 0)")
     args = p.parse_args(argv)
     if args.every < 1:
         p.error("--every: expected >= 1")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cascadepsp.imageio import write_atomic
-from cascadepsp.model_card import render_model_card
+from cascadepsp.evaluation.model_card import render_model_card
+from cascadepsp.io.atomic import write_atomic
 
 
 def main(argv: list[str] | None = None) -> int:

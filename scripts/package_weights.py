@@ -7,7 +7,7 @@ with it, ``--threshold`` its foreground probability threshold, ``--min-component
 
     python scripts/package_weights.py runs/lite0_long/model_best.safetensors \\
         cascadepsp/weights/cascadepsp_lite0_guided.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
-        --log training/lite0_long_log.csv --eval davis_u2netp=runs/eval/davis_u2netp.json ...
+        --log docs/models/logs/lite0_long_log.csv --eval davis_u2netp=runs/eval/davis_u2netp.json ...
     python scripts/package_weights.py runs/psp/final.safetensors pspnet/weights/pspnet_fg.safetensors --base-size 576
 """
 
@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import pspnet
-from cascadepsp.checkpoint import read_metadata
-from cascadepsp.weights import load_safetensors_model, save_model
+from cascadepsp.weights.files import read_metadata
+from cascadepsp.weights.registry import load_safetensors_model, save_model
 
 # metadata written by save_weights itself, not carried over
 _OWN_KEYS = {"format", "config", "created"}

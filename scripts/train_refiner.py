@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Train a CascadePSP refinement module (thin command line over :class:`cascadepsp.train.TrainConfig`).
+"""Train a CascadePSP refinement module (thin command line over :class:`cascadepsp.training.trainer.TrainConfig`).
 
 Example (CPU smoke run):
     python scripts/train_refiner.py --human-seg ../shared/data/human_seg --davis ../shared/data/davis2016 \
-        --backgrounds ../shared/data/backgrounds --preset resnet18 --iters 20 --batch-size 8 --out runs/smoke
+        --backgrounds ../shared/data/backgrounds --preset resnet18 --iterations 20 --batch-size 8 --out runs/smoke
 
-Re-running the same command with ``--resume`` continues from ``<out>/ckpt_last.pt`` exactly.
+Re-running the same command continues from ``<out>/ckpt_last.pt`` exactly (``--no-resume`` starts over).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from cascadepsp.config import PRESETS
-from cascadepsp.train import CKPT_NAME, SOURCES, TrainConfig, Trainer, config_replace
+from cascadepsp.cli import RenamedOption
+from cascadepsp.models.config import PRESETS
+from cascadepsp.training.trainer import CHECKPOINT_NAME, SOURCES, TrainConfig, Trainer, config_replace
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--global-L", type=int, default=d.augment.global_L)
     g.add_argument("--lowres-prob", type=float, default=d.augment.lowres_prob,
                    help="share of synthetic coarse masks made like a low-resolution segmenter's (smooth, a few "
-                        "px off; cascadepsp.perturb.lowres_mask) instead of the original's polygon/morphology")
+                        "px off; cascadepsp.training.perturb.lowres_mask) instead of the original's polygon/morphology")
     g.add_argument("--real-coarse-sources", nargs="+", default=list(d.real_coarse_sources),
                    choices=SOURCES, help="sources whose real masks may be used as coarse input")
     g.add_argument("--davis-n-dev", type=int, default=d.davis_n_dev,
@@ -63,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--residual", type=float, help="residual-output scale (0: plain head; default: the preset's)")
     g.add_argument("--no-pretrained", action="store_true", help="do not ImageNet-initialise an encoder backbone")
     g.add_argument("--init", metavar="FILE", help="warm start from one of our .safetensors refiners")
-    g.add_argument("--iters", type=int, default=d.iterations)
+    g.add_argument("--iterations", type=int, default=d.iterations, help="length of the step schedule")
+    g.add_argument("--iters", action=RenamedOption, new="--iterations")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--crop", type=int, default=d.augment.crop_size)
     g.add_argument("--lr", type=float, default=d.lr)
@@ -83,17 +85,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("runtime")
     g.add_argument("--out", default=d.out_dir)
     g.add_argument("--device")
-    g.add_argument("--workers", type=int, default=d.num_workers)
+    g.add_argument("--workers", type=int, default=d.workers, help="data-loader processes")
     g.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     g.add_argument("--val-every", type=int, default=d.val_every)
     g.add_argument("--val-items", type=int, default=d.val_max_items, help="validation images per source")
     g.add_argument("--val-L", type=int, default=d.val_L)
-    g.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    g.add_argument("--ckpt-every", action=RenamedOption, new="--checkpoint-every")
     g.add_argument("--keep-every", type=int, default=d.keep_every,
                    help="also export step_<N>.safetensors every N steps (0: off)")
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint saved) within this budget")
-    g.add_argument("--resume", action="store_true", help=f"continue from <out>/{CKPT_NAME} if present")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"continue from <out>/{CHECKPOINT_NAME} if present (default; --no-resume starts over)")
     g.add_argument("--export", metavar="PATH", help="export the model of <out>/ckpt_last.pt to PATH and exit")
     g.add_argument("--tensorboard", action="store_true")
     g.add_argument("--no-progress", action="store_true")
@@ -111,11 +115,11 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
         duts_repeat=a.duts_repeat, davis_train=a.davis_train,
         backgrounds=a.backgrounds,
         davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat,
-        max_side=a.max_side, batch_size=a.batch_size, iterations=a.iters, lr=a.lr, weight_decay=a.weight_decay,
-        grad_clip=a.grad_clip, amp=not a.no_amp, seed=a.seed, device=a.device, num_workers=a.workers,
+        max_side=a.max_side, batch_size=a.batch_size, iterations=a.iterations, lr=a.lr, weight_decay=a.weight_decay,
+        grad_clip=a.grad_clip, amp=not a.no_amp, seed=a.seed, device=a.device, workers=a.workers,
         threads=a.threads, out_dir=a.out, val_every=a.val_every, val_max_items=a.val_items, val_L=a.val_L,
-        ckpt_every=a.ckpt_every, keep_every=a.keep_every, log_every=a.log_every, max_minutes=a.max_minutes, tensorboard=a.tensorboard,
-        progress=not a.no_progress,
+        checkpoint_every=a.checkpoint_every, keep_every=a.keep_every, log_every=a.log_every, max_minutes=a.max_minutes, tensorboard=a.tensorboard,
+        progress=not a.no_progress, resume=a.resume,
     )
     return config_replace(cfg, augment__crop_size=a.crop, augment__composite_prob=a.composite_prob,
                           augment__brightness=a.brightness, augment__contrast=a.contrast,
@@ -140,10 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.resume and trainer.resume():
         print(f"resumed from {trainer.ckpt_path} at step {trainer.step}")
-    elif trainer.ckpt_path.is_file():
-        print(f"error: {trainer.ckpt_path} exists; pass --resume to continue it or choose another --out",
-              file=sys.stderr)
-        return 2
     (Path(cfg.out_dir) / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1,
                                                                     default=str))
     result = trainer.run()

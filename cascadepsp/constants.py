@@ -1,0 +1,12 @@
+"""Numbers every part of both packages agrees on: the ImageNet input normalisation our networks take."""
+
+from __future__ import annotations
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per RGB channel, of images scaled to [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The input normalisation (mean, std) each smp encoder's ImageNet weights were trained with, where it is not
+# IMAGENET_MEAN / IMAGENET_STD: the encoder trunks map our normalised RGB to it (models.encoder.input_affine).
+ENCODER_INPUT_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "timm-tf_efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
