@@ -275,6 +275,25 @@ def test_refine_errors(client, case, status, detail):
     assert res.json() == {"detail": detail}
 
 
+def test_refine_instances_large_annotations_as_a_file(client):
+    anns = [{"id": i, "pad": "x" * 20_000, "segmentation": [[0, 0, 5, 0, 5, 5]]} for i in range(60)]
+    text = json.dumps(anns)  # 1.2 MB: over the 1 MB limit of a form field
+    res = client.post("/v1/refine-instances", files={"image": ("photo.jpg", _read(PHOTO))},
+                      data={"annotations": text, **QUICK})
+    assert (res.status_code, res.json()) == (400, {"detail": "Part exceeded maximum size of 1024KB. (a form field "
+                                                             "is at most 1 MB: send large annotations as a file part)"})
+    res = client.post("/v1/refine-instances", data={"annotations": "[]", **QUICK},
+                      files={"image": ("photo.jpg", _read(PHOTO)), "annotations": ("a.json", b"\xff\xfe")})
+    assert (res.status_code, res.json()) == (422, {"detail": "annotations: expected UTF-8 JSON text"})
+    anns = anns[:2]
+    anns[1]["iscrowd"] = 1
+    res = client.post("/v1/refine-instances", data=QUICK,
+                      files={"image": ("photo.jpg", _read(PHOTO)), "annotations": ("a.json", json.dumps(anns).encode())})
+    assert res.status_code == 200, res.text
+    got = res.json()["annotations"]
+    assert got[1] == anns[1] and got[0]["pad"] == anns[0]["pad"] and got[0]["area"] >= 0
+
+
 @pytest.mark.parametrize("annotations,status,detail", [
     ("not json", 422, "annotations: invalid JSON: Expecting value: line 1 column 1 (char 0)"),
     ('{"a": 1}', 422, "annotations: expected a JSON list of annotations, got dict"),

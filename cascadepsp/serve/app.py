@@ -309,6 +309,8 @@ def create_app(refiner: Any = None, settings: ServeSettings | None = None, *,
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 400 and detail.startswith("Part exceeded maximum size"):
+            detail += " (a form field is at most 1 MB: send large annotations as a file part)"
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -397,9 +399,10 @@ def create_app(refiner: Any = None, settings: ServeSettings | None = None, *,
         **ERROR_RESPONSES, 501: {"description": "pycocotools missing (pip install 'cascadepsp[serve]')"}})
     async def refine_instances(
         image: Annotated[UploadFile, File(description="the photo")],
-        annotations: Annotated[str, Form(description="JSON list of COCO annotations of this photo, each with a "
-                                                     "segmentation (polygons, RLE or compressed RLE); other "
-                                                     "keys are returned as sent")],
+        annotations: Annotated[UploadFile | str, Form(description="JSON list of COCO annotations of this photo, "
+                                                                  "each with a segmentation (polygons, RLE or "
+                                                                  "compressed RLE; other keys are returned as "
+                                                                  "sent), as a field (up to 1 MB) or a file")],
         context: Annotated[float, Form(description="share of each instance's box added on every side")] = 0.25,
         threshold: Annotated[float, Form(description="foreground where the refined probability >= this")] = 0.5,
         fast: Annotated[bool, Form(description="global step only")] = False,
@@ -418,6 +421,12 @@ def create_app(refiner: Any = None, settings: ServeSettings | None = None, *,
             raise _error(422, str(e)) from None
         except ImportError as e:
             raise _error(501, str(e)) from None
+        if not isinstance(annotations, str):  # sent as a file part: no 1 MB field limit
+            raw = await annotations.read()
+            try:
+                annotations = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _error(422, "annotations: expected UTF-8 JSON text") from None
         try:
             anns = json.loads(annotations)
         except json.JSONDecodeError as e:
