@@ -106,14 +106,21 @@ function describeMaskSource() {
 async function onPhoto() {
   const file = $("image").files[0];
   if (!file) return;
+  state.photoFile = file;
+  clearResult();
   try {
     state.photo = await createImageBitmap(file);
-  } catch (e) {
+  } catch (e) {   // e.g. TIFF: no views, but the server can still refine it
     state.photo = null;
-    setStatus(`image: the browser cannot show ${file.name}; the server may still read it`, "error");
+    state.maskCanvas = null;
+    state.drawn = false;
+    for (const id of ["photo-view", "paint-view", "coarse-view", "refined-view", "compare-coarse", "compare-refined"]) {
+      sizeCanvas($(id), 1, 1);
+    }
+    describeMaskSource();
+    setStatus(`this browser cannot show ${file.name}; Refine still sends it (no painting, no views)`);
     return;
   }
-  state.photoFile = file;
   state.maskCanvas = document.createElement("canvas");
   state.maskCanvas.width = state.photo.width;
   state.maskCanvas.height = state.photo.height;
@@ -121,7 +128,6 @@ async function onPhoto() {
   mctx.fillStyle = "#000";
   mctx.fillRect(0, 0, state.photo.width, state.photo.height);
   state.drawn = false;
-  clearResult();
   $("paint-view").getContext("2d").clearRect(0, 0, $("paint-view").width, $("paint-view").height);
   if (state.maskFile) await onMask();
   else state.coarseAlpha = null;
@@ -268,9 +274,11 @@ async function onSubmit(ev) {
       img.src = state.resultUrl;
     });
     img.hidden = false;
-    const bmp = await createImageBitmap(blob);
-    state.refinedAlpha = maskAlpha(bmp, state.photo.width, state.photo.height);
-    renderViews();
+    if (state.photo) {
+      const bmp = await createImageBitmap(blob);
+      state.refinedAlpha = maskAlpha(bmp, state.photo.width, state.photo.height);
+      renderViews();
+    }
     const stem = state.photoFile.name.replace(/\.[^.]*$/, "") || "image";
     const link = $("download");
     link.href = state.resultUrl;
