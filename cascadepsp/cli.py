@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "/v1/refine-instances, GET /health, a web page at /, API docs at /docs. "
                                    "SIGTERM or Ctrl-C finishes the requests in flight, then exits. See docs/serve.md.")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    v.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     v.add_argument("--weights", default="default",
                    help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
     v.add_argument("--backend", choices=["torch", "openvino"], default="torch", help="network backend")

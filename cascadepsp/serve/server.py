@@ -38,13 +38,16 @@ def run(settings: ServeSettings) -> int:
                     "proxy that has", settings.host)
     options = dict(host=settings.host, port=settings.port, timeout_graceful_shutdown=settings.graceful_timeout,
                    log_level="info", log_config=log_config, server_header=False)
-    if settings.workers == 1:
-        from .app import create_app
+    try:
+        if settings.workers == 1:
+            from .app import create_app
 
-        uvicorn.run(create_app(settings=settings), **options)
-    else:  # each worker process builds its app (and loads its Refiner once) from the settings in its environment
-        os.environ[SETTINGS_ENV] = settings.to_json()
-        uvicorn.run("cascadepsp.serve.app:app_from_env", factory=True, workers=settings.workers, **options)
+            uvicorn.run(create_app(settings=settings), **options)
+        else:  # each worker process builds its app (and loads its Refiner once) from the settings in its environment
+            os.environ[SETTINGS_ENV] = settings.to_json()
+            uvicorn.run("cascadepsp.serve.app:app_from_env", factory=True, workers=settings.workers, **options)
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn finished the requests in flight, then re-raised the signal
+        return 130
     return 0
 
 
