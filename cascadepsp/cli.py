@@ -195,7 +195,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default="default",
                    help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
     e.add_argument("--graph", choices=["global", "window"], default="global")
+    v = sub.add_parser("serve", help="serve refinement over HTTP with a web page (needs cascadepsp[serve])",
+                       description="HTTP refinement service (FastAPI + uvicorn): POST /v1/refine, "
+                                   "/v1/refine-instances, GET /health, a web page at /, API docs at /docs. "
+                                   "SIGTERM or Ctrl-C finishes the requests in flight, then exits. See docs/serve.md.")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    v.add_argument("--weights", default="default",
+                   help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
+    v.add_argument("--backend", choices=["torch", "openvino"], default="torch", help="network backend")
+    v.add_argument("--device", help="torch device (default: CUDA when available)")
+    v.add_argument("--max-pixels", type=_positive, default=25_000_000,
+                   help="largest photo in pixels, checked from its header (default 25000000); larger: 413")
+    v.add_argument("--max-upload-mb", type=float, default=50.0, help="largest request body in MiB (default 50); "
+                   "larger: 413 before the body is read")
+    v.add_argument("--workers", type=_positive, default=1, help="worker processes, each with one Refiner (default 1)")
+    v.add_argument("--queue-size", type=int, default=16, help="requests that may wait per worker while one is "
+                   "refined (default 16); more: 503")
+    v.add_argument("--threads", type=_positive, help="torch threads per worker (default: CPUs / workers)")
+    v.add_argument("--max-L", dest="max_L", type=_positive, default=2048, help="largest L a request may ask for")
+    v.add_argument("--max-instances", type=_positive, default=100, help="annotations per refine-instances request")
+    v.add_argument("--graceful-timeout", type=float, default=300.0,
+                   help="seconds SIGTERM waits for requests in flight (default 300)")
     return parser
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import run_cli
+
+    return run_cli(args)
 
 
 def _cmd_refine(args: argparse.Namespace) -> int:
@@ -346,7 +374,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"refine": _cmd_refine, "refine-coco": _cmd_refine_coco, "info": _cmd_info, "download-official": _cmd_download,
-            "convert-official": _cmd_convert, "export-onnx": _cmd_export_onnx}
+            "convert-official": _cmd_convert, "export-onnx": _cmd_export_onnx, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
