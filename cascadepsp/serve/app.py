@@ -34,7 +34,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from . import _lib
+from ..inference.refiner import check_L
+from ..instances.coco import decode_segmentation, encode_segmentation, mask_api, refine_coco_annotations
+from ..instances.refine import check_context
+from ..io.images import (
+    ImageReadError,
+    align_to_image,
+    encode_png,
+    read_image,
+    read_image_header,
+    read_mask,
+    read_mask_size,
+    unorient,
+)
+from ..io.inputs import check_same_size
 from .limits import BodyLimitMiddleware
 from .settings import ServeSettings
 from .work import QueueFull, WorkQueue
@@ -59,7 +72,7 @@ def load_refiner(settings: ServeSettings) -> Any:
     """Build the worker's one :class:`~cascadepsp.Refiner` from ``settings`` (torch threads set first)."""
     import torch
 
-    from cascadepsp import Refiner
+    from ..inference.refiner import Refiner
 
     torch.set_num_threads(settings.torch_threads())
     refiner = Refiner(device=settings.device, weights=settings.weights, engine=settings.engine,
@@ -157,8 +170,8 @@ async def _save_uploads(tmp: Path, uploads: dict[str, UploadFile]) -> dict[str, 
 def _header(path: Path, filename: str | None, settings: ServeSettings) -> Any:
     """The photo's header (upright and stored size, EXIF orientation), after the pixel limit is checked."""
     try:
-        header = _lib.read_image_header(path)
-    except _lib.ImageReadError as e:
+        header = read_image_header(path)
+    except ImageReadError as e:
         if isinstance(e.__cause__, Image.DecompressionBombError):
             raise _error(413, f"image: {_clean(str(e.__cause__), path, filename)} (this server takes at most "
                               f"{settings.max_pixels:,} pixels, --max-pixels)") from None
@@ -173,15 +186,15 @@ def _header(path: Path, filename: str | None, settings: ServeSettings) -> Any:
 def _check_mask_header(path: Path, filename: str | None, header: Any) -> None:
     """Refuse a mask whose header cannot be read or whose size is neither the photo's nor its stored size."""
     try:
-        size = _lib.read_mask_size(path)
-    except _lib.ImageReadError as e:
+        size = read_mask_size(path)
+    except ImageReadError as e:
         cause = e.__cause__
         status = 413 if isinstance(cause, Image.DecompressionBombError) else 422
         raise _error(status, _named("mask", _clean(str(e), path, filename))) from None
     if tuple(size) in (tuple(header.size), tuple(header.stored_size)):
         return
     try:  # the library's own message for a size mismatch (zero-copy stand-ins: only the shapes are read)
-        _lib.check_same_size(np.broadcast_to(np.uint8(0), (header.size[1], header.size[0], 3)),
+        check_same_size(np.broadcast_to(np.uint8(0), (header.size[1], header.size[0], 3)),
                              np.broadcast_to(np.False_, (size[1], size[0])))
     except ValueError as e:
         raise _error(422, str(e)) from None
@@ -189,7 +202,7 @@ def _check_mask_header(path: Path, filename: str | None, header: Any) -> None:
 
 def _check_L(L: int, settings: ServeSettings) -> int:
     try:
-        L = _lib.check_L(L)
+        L = check_L(L)
     except ValueError as e:
         raise _error(422, str(e)) from None
     if L > settings.max_L:
@@ -220,21 +233,21 @@ def _refine_job(refiner: Any, paths: dict[str, Path], names: dict[str, str | Non
                 threshold: float | None) -> RefineResult:
     """Decode the uploads as ``cascadepsp refine`` reads files, then ``Refiner.refine`` (the model thread)."""
     try:
-        rgb, header = _lib.read_image(paths["image"])
-    except _lib.ImageReadError as e:
+        rgb, header = read_image(paths["image"])
+    except ImageReadError as e:
         raise ValueError(_named("image", _clean(str(e), paths["image"], names["image"]))) from None
     try:
-        mask_file = _lib.read_mask(paths["mask"])
-    except _lib.ImageReadError as e:
+        mask_file = read_mask(paths["mask"])
+    except ImageReadError as e:
         raise ValueError(_named("mask", _clean(str(e), paths["mask"], names["mask"]))) from None
-    coarse, rotated = _lib.align_to_image(mask_file.binary(), header, "mask")
+    coarse, rotated = align_to_image(mask_file.binary(), header, "mask")
     notes = []
     if not coarse.any() and mask_file.values.any():
         notes.append(f"mask has values up to {int(mask_file.values.max())} but none counts as foreground "
                      "(>= 128, or 1 in a 0/1 mask), so the result is empty; a label map?")
     refined = refiner.refine(rgb, coarse, fast=fast, L=L, threshold=threshold)
     if rotated:
-        refined = _lib.unorient(refined, header.orientation)
+        refined = unorient(refined, header.orientation)
         notes.append(f"the mask matched the un-rotated photo (EXIF orientation {header.orientation}); the result "
                      "is in the mask's frame")
     return RefineResult(refined, "; ".join(notes))
@@ -251,7 +264,7 @@ def _check_annotations(annotations: list[Any], height: int, width: int) -> None:
         if "segmentation" not in ann:
             raise ValueError(f"annotations[{i}]: segmentation: missing")
         try:
-            _lib.decode_segmentation(ann["segmentation"], height, width)
+            decode_segmentation(ann["segmentation"], height, width)
         except ValueError as e:
             raise ValueError(f"annotations[{i}]: {e}") from None
 
@@ -260,12 +273,12 @@ def _instances_job(refiner: Any, path: Path, filename: str | None, annotations: 
                    context: float, threshold: float, fast: bool, L: int) -> list[dict]:
     """Refine the annotations of one photo, :data:`INSTANCE_CHUNK` at a time (each in its own crop)."""
     try:
-        rgb, _ = _lib.read_image(path)
-    except _lib.ImageReadError as e:
+        rgb, _ = read_image(path)
+    except ImageReadError as e:
         raise ValueError(_named("image", _clean(str(e), path, filename))) from None
     out: list[dict] = []
     for start in range(0, len(annotations), INSTANCE_CHUNK):
-        out += _lib.refine_coco_annotations(rgb, annotations[start:start + INSTANCE_CHUNK], refiner,
+        out += refine_coco_annotations(rgb, annotations[start:start + INSTANCE_CHUNK], refiner,
                                             polygons=polygons, context=context, threshold=threshold, fast=fast,
                                             L=L)
     return out
@@ -373,7 +386,7 @@ def create_app(refiner: Any = None, settings: ServeSettings | None = None, *,
         if output == "rle":
             threshold = 0.5 if threshold is None else threshold
             try:
-                _lib.mask_api()
+                mask_api()
             except ImportError as e:
                 raise _error(501, str(e)) from None
         names = {"image": image.filename, "mask": mask.filename}
@@ -386,9 +399,9 @@ def create_app(refiner: Any = None, settings: ServeSettings | None = None, *,
         if result.note:
             headers["X-Cascadepsp-Note"] = result.note.encode("ascii", "replace").decode()
         if output == "rle":
-            seg, area, bbox = await run_in_threadpool(_lib.encode_segmentation, result.mask != 0)
+            seg, area, bbox = await run_in_threadpool(encode_segmentation, result.mask != 0)
             return JSONResponse({**seg, "area": area, "bbox": bbox, "threshold": threshold}, headers=headers)
-        png = await run_in_threadpool(_lib.encode_png, result.mask)
+        png = await run_in_threadpool(encode_png, result.mask)
         stem = Path(names["image"] or "image").stem[:80] or "image"
         headers["Content-Disposition"] = f'inline; filename="{_ascii(stem)}_mask.png"'
         return Response(png, media_type="image/png", headers=headers)
@@ -415,8 +428,8 @@ def create_app(refiner: Any = None, settings: ServeSettings | None = None, *,
         L = _check_L(L, settings)
         threshold = _check_threshold(threshold, required=True)
         try:
-            context = _lib.check_context(context)
-            _lib.mask_api()
+            context = check_context(context)
+            mask_api()
         except ValueError as e:
             raise _error(422, str(e)) from None
         except ImportError as e:

@@ -32,7 +32,7 @@ import uvicorn  # noqa: E402
 import cascadepsp  # noqa: E402
 from cascadepsp.serve.app import create_app  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTO = ROOT / "examples" / "davis" / "parkour_00040_im.jpg"
 MASK = ROOT / "examples" / "davis" / "parkour_00040_seg.png"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -34,7 +34,7 @@ from cascadepsp.serve import ServeSettings  # noqa: E402
 from cascadepsp.serve.app import create_app  # noqa: E402
 from cascadepsp.serve.limits import BodyLimitMiddleware  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "davis"
 PHOTO, MASK = EXAMPLE / "parkour_00040_im.jpg", EXAMPLE / "parkour_00040_seg.png"
 QUICK = {"fast": "true", "L": "256"}  # the global step at L=256: a fraction of a second on one thread
@@ -140,7 +140,7 @@ def test_refine_rle(client, refiner):
 
 
 def test_refine_instances_equals_library(client, refiner):
-    from cascadepsp.coco import encode_rle, refine_coco_annotations
+    from cascadepsp.instances.coco import encode_rle, refine_coco_annotations
 
     fg = _mask() > 127
     left, right = fg.copy(), fg.copy()
