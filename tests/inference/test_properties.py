@@ -207,6 +207,7 @@ def test_folder_run_over_damaged_files_reports_each_and_writes_only_whole_output
 
     from cascadepsp.io import images
     from cascadepsp.jobs.folder import refine_folder
+    from cascadepsp.jobs.pairing import NoInputsError
 
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,6 +216,11 @@ def test_folder_run_over_damaged_files_reports_each_and_writes_only_whole_output
         for name, damage in files.items():
             _write_damaged(src, name, damage, rng)
         before = {p: (p.read_bytes() if p.is_file() else None) for p in src.rglob("*")}
+        if set(files.values()) == {"directory"}:  # only folders named like photos: nothing to refine, one line
+            with pytest.raises(NoInputsError, match="no images found"):
+                refine_folder([src], out, refiner=ImageRefiner(), progress=False)
+            assert not out.exists()
+            return
         summary = refine_folder([src], out, refiner=ImageRefiner(), report=Path(tmp) / "r.csv", progress=False)
         rows = {r["name"]: r for r in read_csv(Path(tmp) / "r.csv")}
         assert {p: (p.read_bytes() if p.is_file() else None) for p in src.rglob("*")} == before  # inputs untouched
