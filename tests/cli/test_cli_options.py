@@ -224,3 +224,18 @@ def test_openvino_refusals_name_the_problem(small_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
     with pytest.raises(ImportError, match=r"pip install 'cascadepsp\[openvino\]'"):
         Refiner(device="cpu", weights=small_model, backend="openvino")
+
+
+def test_backend_openvino_refines_a_folder_like_torch_and_caches_the_conversion(tmp_path, saved_weights, monkeypatch):
+    pytest.importorskip("openvino", reason="the `openvino` extra is not installed")
+    images, masks, _ = images_masks_gt(tmp_path, n=2)
+    cache = tmp_path / "ov_cache"
+    monkeypatch.setenv("CASCADEPSP_OPENVINO_CACHE", str(cache))
+    args = [str(images), str(masks), "--weights", str(saved_weights)]
+    assert run([*args, "--out", str(tmp_path / "torch")]) == 0
+    assert run([*args, "--out", str(tmp_path / "ov"), "--backend", "openvino"]) == 0
+    assert sorted(p.name for p in cache.rglob("manifest.json"))  # the converted model was cached where told
+    for name in ("p0.png", "p1.png"):
+        a = cv2.imread(str(tmp_path / "torch" / name), cv2.IMREAD_GRAYSCALE).astype(int)
+        b = cv2.imread(str(tmp_path / "ov" / name), cv2.IMREAD_GRAYSCALE).astype(int)
+        assert a.shape == b.shape and np.mean(np.abs(a - b) <= 1) > 0.99, name  # same refinement, other runtime
