@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cascadepsp"
 # Bottom to top; a subpackage may import its own modules and those of the layers before it (docs/design.md).
-LAYERS = ["constants", "configs", "devices", "io", "models", "weights", "deploy", "inference", "instances",
+LAYERS = ["constants", "configs", "devices", "lazy", "io", "models", "weights", "deploy", "inference", "instances",
           "evaluation", "training", "jobs", "serve", "cli"]
 
 
