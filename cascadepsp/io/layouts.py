@@ -25,9 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .atomic import is_temp_file
-from .images import IMAGE_EXTS, MASK_EXTS
+from .images import IMAGE_EXTS, MASK_EXTS, PathLike
 
-PathLike = str | os.PathLike
 _IM_RE = re.compile(r"^(?P<name>.+)_im$", re.IGNORECASE)
 _SEG_RE = re.compile(r"^(?P<name>.+)_seg$", re.IGNORECASE)
 DAVIS_COARSE = "coarse_u2netp"
@@ -55,7 +54,8 @@ class Found:
 
 # ------------------------------------------------------------------------------------------------ walking
 
-def _resolved(path: PathLike) -> Path:
+def resolved(path: PathLike) -> Path:
+    """``path`` absolute, with ``~`` expanded and links followed: how folders are compared for containment."""
     return Path(path).expanduser().resolve()
 
 
@@ -116,7 +116,7 @@ def _find_gt(gt_idx: dict[tuple[str, str], list[Path]] | None, parent: str, *ste
 def _require_dir(path: PathLike, what: str) -> Path:
     if not Path(path).is_dir():
         raise ValueError(f"{what}: {path} is not a folder")
-    return _resolved(path)
+    return resolved(path)
 
 
 # ------------------------------------------------------------------------------------------------ layouts
@@ -129,7 +129,7 @@ def find_original(root: PathLike, gt: PathLike | None = None, exclude: Sequence[
     """
     root = _require_dir(root, "root")
     gt_root = _require_dir(gt, "gt") if gt is not None else None
-    skip = [_resolved(e) for e in exclude]
+    skip = [resolved(e) for e in exclude]
     images, masks, gts = defaultdict(list), defaultdict(list), defaultdict(list)
     for rel in _walk(root, [*skip, *([gt_root] if gt_root else [])]):
         ext, parent = rel.suffix.lower(), rel.parent.as_posix()
@@ -161,7 +161,7 @@ def find_by_stem(images: PathLike, masks: PathLike, gt: PathLike | None = None,
     if im_root == mask_root:
         raise ValueError(f"masks: {masks} is the image folder; for one folder use the original layout "
                          "(<name>_im.jpg + <name>_seg.png) and pass only that folder")
-    skip = [_resolved(e) for e in exclude]
+    skip = [resolved(e) for e in exclude]
     roots = [r for r in (im_root, mask_root, gt_root) if r is not None]
     im_idx = _index(im_root, IMAGE_EXTS, [*skip, *_nested(im_root, roots)])
     mask_idx = _index(mask_root, MASK_EXTS, [*skip, *_nested(mask_root, roots)])

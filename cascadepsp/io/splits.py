@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from .layouts import DAVIS_COARSE, PathLike, Sample, davis_sequences, find_davis, find_original
+from .images import PathLike
+from .layouts import DAVIS_COARSE, Sample, davis_sequences, find_davis, find_original
 
 T = TypeVar("T")
 

@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,10 +30,10 @@ from ..evaluation.metrics import SegMetrics, boundary_accuracy, mask_iou
 from ..instances.coco import decode_segmentation, refine_coco_annotations
 from ..io import atomic
 from ..io import images as imageio
+from ..io.images import PathLike
 from ..io.layouts import inside
 
 LOG = logging.getLogger("cascadepsp.instances.coco")
-PathLike = str | os.PathLike
 PARTIAL_VERSION = 1
 
 

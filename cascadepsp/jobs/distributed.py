@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..inference.refiner import check_L_fits
+from ..io.images import PathLike
 from ..io.layouts import Sample
 from .folder import (
     Options,
@@ -37,7 +38,7 @@ from .folder import (
     plan_run,
     process_job,
 )
-from .pairing import Job, PathLike
+from .pairing import Job
 from .report import Row, Summary
 
 RETRIES = 3  # default retries of a job whose actor died (a crash, OOM kill, lost node) before it is reported

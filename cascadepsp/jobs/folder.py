@@ -26,7 +26,9 @@ from ..evaluation.overlay import make_overlay
 from ..inference.labels import refine_label_map
 from ..inference.refiner import Refiner, check_L, check_L_fits
 from ..io import atomic, images, layouts
-from .pairing import Job, Pairing, PathLike, _resolved, find_jobs
+from ..io.images import PathLike
+from ..io.layouts import resolved
+from .pairing import Job, Pairing, find_jobs
 from .report import Row, Summary, write_report
 
 LOG = logging.getLogger("cascadepsp.jobs.folder")
@@ -157,10 +159,10 @@ class _Guard:
     """Checks, right before each write, that the path is outside every input folder."""
 
     def __init__(self, input_dirs: Sequence[Path]) -> None:
-        self.input_dirs = [_resolved(d) for d in input_dirs]
+        self.input_dirs = [resolved(d) for d in input_dirs]
 
     def write(self, path: Path, data: bytes) -> None:
-        target = _resolved(path)
+        target = resolved(path)
         for d in self.input_dirs:
             if layouts.inside(target, d):
                 raise RuntimeError(f"refusing to write {path}: it is inside the input folder {d}")
@@ -277,10 +279,10 @@ def plan_run(inputs: Sequence[PathLike], out: PathLike, *, gt: PathLike | None =
     if report is not None and Path(report).suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"report: expected a path ending in .csv or .json, got {report}")
     pairing = find_jobs(inputs, out, gt)
-    out_r = _resolved(out)
+    out_r = resolved(out)
     guard = _Guard(pairing.input_dirs)
     if report is not None:
-        report_r = _resolved(report)
+        report_r = resolved(report)
         for d in guard.input_dirs:
             if layouts.inside(report_r, d):
                 raise ValueError(f"report: {report} lies inside the input folder {d}")

@@ -3,15 +3,13 @@ result goes; refuses an output folder that is, or is inside, an input folder."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import layouts
-from ..io.layouts import Sample
-
-PathLike = str | os.PathLike
+from ..io.images import PathLike
+from ..io.layouts import Sample, resolved
 
 
 class NoInputsError(ValueError):
@@ -34,17 +32,13 @@ class Pairing:
     orphans: list[str] = field(default_factory=list)  # masks without an image (reported, not processed)
 
 
-def _resolved(path: PathLike) -> Path:
-    return Path(path).expanduser().resolve()
-
-
 def check_output_dir(out: PathLike, input_dirs: Sequence[PathLike]) -> Path:
     """Refuse an output folder that is an input folder or lies inside one; returns it resolved."""
-    out_r = _resolved(out)
+    out_r = resolved(out)
     if out_r.exists() and not out_r.is_dir():
         raise ValueError(f"out: {out} exists and is not a folder")
     for d in input_dirs:
-        d_r = _resolved(d)
+        d_r = resolved(d)
         if out_r == d_r:
             raise ValueError(f"out: {out} is the input folder {d}; choose a separate output folder")
         if d_r in out_r.parents:
@@ -77,5 +71,5 @@ def find_jobs(inputs: Sequence[PathLike], out: PathLike, gt: PathLike | None = N
         raise NoInputsError(f"inputs: no images found in {', '.join(map(str, inputs))} (expected <name>_im.jpg|png "
                             "+ <name>_seg.png, or an image folder and a mask folder)")
     jobs = [Job(s, *output_paths(s, out_r, len(inputs) == 1)) for s in found.samples]
-    dirs = [_resolved(d) for d in [*inputs, *([gt] if gt is not None else [])]]
+    dirs = [resolved(d) for d in [*inputs, *([gt] if gt is not None else [])]]
     return Pairing(jobs, dirs, found.orphans)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic
-from .pairing import PathLike, _resolved
+from ..io.images import PathLike
+from ..io.layouts import resolved
 
 
 @dataclass
@@ -93,4 +94,4 @@ def write_report(path: PathLike, summary: Summary, with_gt: bool = False) -> Pat
         for r in rows:
             writer.writerow({k: "" if v is None else v for k, v in r.items()})
         data = buf.getvalue().encode()
-    return atomic.write_atomic(_resolved(path), data)
+    return atomic.write_atomic(resolved(path), data)
