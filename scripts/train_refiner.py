@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--davis-val", nargs="*", help="DAVIS sequences held out for validation "
                    f"(default: the last {d.davis_n_val} in sorted order)")
     g.add_argument("--human-seg-repeat", type=int, default=d.human_seg_repeat)
+    g.add_argument("--davis-repeat", type=int, default=d.davis_repeat,
+                   help="weight of DAVIS frames (--davis and --davis-train) in the batches")
     g.add_argument("--max-side", type=int, default=d.max_side, help="cap on training image long side")
     g.add_argument("--composite-prob", type=float, default=d.augment.composite_prob)
     g.add_argument("--brightness", type=float, default=d.augment.brightness)
@@ -114,7 +116,7 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
         guided_lr_scale=a.guided_lr_scale, human_seg=a.human_seg, davis=a.davis, duts=a.duts,
         duts_repeat=a.duts_repeat, davis_train=a.davis_train,
         backgrounds=a.backgrounds,
-        davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat,
+        davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat, davis_repeat=a.davis_repeat,
         max_side=a.max_side, batch_size=a.batch_size, iterations=a.iterations, lr=a.lr, weight_decay=a.weight_decay,
         grad_clip=a.grad_clip, amp=not a.no_amp, seed=a.seed, device=a.device, workers=a.workers,
         threads=a.threads, out_dir=a.out, val_every=a.val_every, val_max_items=a.val_items, val_L=a.val_L,

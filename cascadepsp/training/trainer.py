@@ -88,6 +88,7 @@ class TrainConfig(JsonConfig):
     # U2-Netp masks are systematically too small for its matting GT, which teaches the net to grow masks.
     real_coarse_sources: tuple[str, ...] = ("davis", "human_seg")
     human_seg_repeat: int = 3  # human_seg photos are independent, DAVIS frames are not: weight them up
+    davis_repeat: int = 1  # weight of DAVIS frames (davis and davis_train) against the 10k DUTS-TR photos
     max_side: int = 640  # cap on the long side of cached training images
     background_max_side: int = 1024
     augment: D.AugmentConfig = field(default_factory=D.AugmentConfig)
@@ -188,13 +189,14 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
         tr_seq, va_seq = split_davis(cfg.davis, cfg.davis_val_sequences, cfg.davis_n_val)
         tr_seq, dev_seq = split_dev_sequences(tr_seq, cfg.davis_n_dev if dev else 0, "davis_n_dev")
         dv_train = D.list_davis(cfg.davis, tr_seq)
-        train_items += _without_real_coarse(dv_train, "davis" not in cfg.real_coarse_sources)
+        train_items += _without_real_coarse(dv_train, "davis" not in cfg.real_coarse_sources) \
+            * max(1, cfg.davis_repeat)
         held = dev_seq if dev else va_seq
         # Only every 5th DAVIS frame has a real (U2-Netp) mask: validate on those, so every example scores both.
         held_items = D.list_davis(cfg.davis, held) if held else []
         val_items["davis"] = [s for s in held_items if s.mask is not None] or held_items
         summary["davis"] = {"path": cfg.davis, "train_sequences": tr_seq, "dev_sequences": dev_seq,
-                            "val_sequences": va_seq, "train": len(dv_train)}
+                            "val_sequences": va_seq, "train": len(dv_train), "repeat": cfg.davis_repeat}
     if cfg.duts:
         du_train, du_dev = hold_out_by_name(D.list_duts(cfg.duts), cfg.duts_dev_count if dev else 0, DEV_SALT)
         train_items += du_train * max(1, cfg.duts_repeat)
@@ -208,12 +210,14 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
         if missing:
             raise ValueError(f"davis_train_dev_sequences: {missing} not in {cfg.davis_train}")
         dt_train = D.list_davis(cfg.davis_train, [q for q in seqs if q not in held])
-        train_items += _without_real_coarse(dt_train, "davis_train" not in cfg.real_coarse_sources)
+        train_items += _without_real_coarse(dt_train, "davis_train" not in cfg.real_coarse_sources) \
+            * max(1, cfg.davis_repeat)
         if held:
             held_items = D.list_davis(cfg.davis_train, held)
             val_items["davis_train"] = [s for s in held_items if s.mask is not None] or held_items[::5]
         summary["davis_train"] = {"path": cfg.davis_train, "train_sequences": len(seqs) - len(held),
-                                  "dev_sequences": held, "train": len(dt_train)}
+                                  "dev_sequences": held, "train": len(dt_train),
+                                  "repeat": cfg.davis_repeat}
     summary["validate_on"] = cfg.validate_on
     if not train_items:
         raise ValueError("TrainConfig: give at least one data source (human_seg, davis, duts or davis_train)")

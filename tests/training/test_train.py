@@ -221,6 +221,10 @@ def test_davis_dev_holds_back_sequences_and_scores_frames_with_real_masks(tmp_pa
     assert np.isfinite(trainer.train_step(next(iter(trainer.loader(0, 1))))["total"])
     with pytest.raises(ValueError, match="davis_n_dev"):
         build_data(config_replace(cfg, davis_n_dev=3))
+    # --davis-repeat weights the training frames up, never the held-back ones
+    twice = build_data(config_replace(cfg, davis_repeat=2))
+    assert len(twice.train) == 2 * len(bundle.train) and twice.summary["davis"]["repeat"] == 2
+    assert sorted(ex.name for ex in twice.val_examples["davis"]) == ["seq1/00001", "seq2/00002"]
 
 
 def test_config_round_trip_keeps_lowres_settings():
