@@ -74,14 +74,32 @@ def test_sliding_window_equals_whole_image_for_a_pixelwise_model():
     assert torch.allclose(flipped, whole, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def pixelwise_model(model) -> pspnet.PSPNet:
+    """The module's PSPNet (its config: base size, crop) with a PixelwiseNet's forward: foreground exactly where
+    the photo is bright, so the right mask is known without running predict."""
+    net = copy.deepcopy(model).eval()
+    net.forward = PixelwiseNet(2).forward
+    return net
+
+
 @pytest.mark.parametrize("hw", [(65, 97), (200, 31), (30, 40)])
-def test_predict_shapes_and_types(model, hw):
+def test_predict_shapes_and_types(model, pixelwise_model, hw):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
     prob, mask = pspnet.predict(image, model)
     assert prob.shape == hw and prob.dtype == np.float32 and mask.shape == hw and mask.dtype == np.uint8
     assert 0.0 <= prob.min() and prob.max() <= 1.0 and set(np.unique(mask)) <= {0, 1}
     assert np.array_equal(mask == 1, prob > 0.5) or np.mean((mask == 1) != (prob > 0.5)) < 1e-3
+    # Values in place at each odd size (resized to the base size and back, windowed): a photo bright on its
+    # left 2/5 gets that part as foreground, wrong at most in the two columns beside the edge (measured: exact).
+    edge = hw[1] * 2 // 5
+    image = rng.integers(0, 60, (*hw, 3), dtype=np.uint8)
+    image[:, :edge] += 180
+    prob, mask = pspnet.predict(image, pixelwise_model)
+    wrong = (mask == 1) != (np.arange(hw[1]) < edge)[None, :]
+    assert not wrong[:, np.r_[0:edge - 1, edge + 1:hw[1]]].any()
+    assert prob[:, 0].min() > 0.9 and prob[:, -1].max() < 0.1
 
 
 def test_predict_uses_windows_for_images_larger_than_the_crop(model, monkeypatch):
