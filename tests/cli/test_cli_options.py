@@ -126,11 +126,13 @@ def test_no_resume_redoes_finished_outputs(tmp_path, saved_weights, capsys):
     images, masks, _ = images_masks_gt(tmp_path)
     args = [str(images), str(masks), "--out", str(tmp_path / "o"), "--weights", str(saved_weights)]
     assert run(args) == 0
+    first = (tmp_path / "o" / "p0.png").read_bytes()
     (tmp_path / "o" / "p0.png").write_bytes(b"")  # an output a user damaged by hand
     capsys.readouterr()
     assert run([*args, "--no-resume"]) == 0
     assert "done 2, skipped 0" in capsys.readouterr().out
     assert read_gray(tmp_path / "o" / "p0.png").shape == (56, 72)
+    assert (tmp_path / "o" / "p0.png").read_bytes() == first  # redone: the same refinement as the first run
     assert run(args) == 0 and "done 0, skipped 2" in capsys.readouterr().out  # resume is the default
 
 
