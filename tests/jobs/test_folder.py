@@ -206,8 +206,7 @@ def test_killed_mid_write_leaves_no_partial_output_and_rerun_cleans_up(tmp_path)
         sys.path.insert(0, {str(Path(__file__).parents[1])!r})
         import folder_fixtures
         from cascadepsp.jobs import folder
-        from cascadepsp.evaluation.metrics import mask_iou
-from cascadepsp.io import atomic
+        from cascadepsp.io import atomic
         writes = []
         real_fsync = os.fsync
         def fsync(fd):
