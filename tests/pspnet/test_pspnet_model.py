@@ -77,7 +77,7 @@ def test_aux_output_only_in_training_mode(r18):
 
 def test_training_with_batch_size_one_works(r18):
     """A batch of one must train: the pyramid's 1x1 bin has one value per channel, which plain BatchNorm
-    refuses in training mode. A few SGD steps on one image (left half foreground) must give finite, non-zero
+    refuses in training mode. Three SGD steps on one image (left half foreground) must give finite, non-zero
     gradients, change the weights (the 1x1 bin's among them) and lower the loss."""
     model = copy.deepcopy(r18).train()  # r18 is shared by the module's other tests
     x = torch.randn(1, 3, 40, 40)
@@ -86,7 +86,7 @@ def test_training_with_batch_size_one_works(r18):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     losses = []
-    for _ in range(4):
+    for _ in range(3):
         main, aux = model(x)
         assert main.shape == aux.shape == (1, 2, 40, 40)
         loss, _ = segmentation_loss((main, aux), target)
@@ -97,7 +97,7 @@ def test_training_with_batch_size_one_works(r18):
         assert all(torch.isfinite(g).all() for g in grads if g is not None)
         opt.step()
         losses.append(loss.item())
-    # measured (seeds 0-2): 0.92-0.97 on the first step, 0.38-0.41 on the fourth
+    # measured (seeds 0-2): 0.92-0.97 on the first step, 0.47-0.49 on the third
     assert all(map(math.isfinite, losses)) and losses[-1] < 0.7 * losses[0], losses
     after = model.state_dict()
     for key in ("encoder.conv1.weight", "ppm.branches.0.1.0.weight", "head.classifier.weight",
