@@ -44,6 +44,19 @@ def small_refiner(small_model) -> cascadepsp.Refiner:
     return cascadepsp.Refiner(device="cpu", weights=small_model)
 
 
+@pytest.fixture(scope="session")
+def openvino_default_cache(tmp_path_factory) -> Path:
+    """An OpenVINO cache holding the bundled default refiner, converted once for the session (a conversion
+    takes about 10 s): the OpenVINO tests of the deploy and CLI modules read it instead of converting again."""
+    pytest.importorskip("openvino", reason="the `openvino` extra is not installed")
+    from cascadepsp.deploy.openvino_runtime import build_entry, cache_key
+
+    root = tmp_path_factory.mktemp("ov_cache")
+    model = cascadepsp.load_model("default").float().eval()
+    assert build_entry(model, root / cache_key(model)) > 0  # a cold cache converts
+    return root
+
+
 def make_scene(h: int = 96, w: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """An RGB image with a textured ellipse object and its binary mask."""
     rng = np.random.default_rng(seed)

@@ -11,7 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
+from cascadepsp import Refiner
 from cascadepsp.cli import main
+from cascadepsp.evaluation.metrics import mask_iou
 from cascadepsp.weights import download
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,19 +40,24 @@ def make_folder(root: Path, n: int = 2, corrupt: bool = False) -> None:
         cv2.imwrite(str(root / "zz_seg.png"), np.zeros((8, 8), np.uint8))
 
 
-def test_refine_command_writes_outputs_overlay_report_and_summary(tmp_path, weights, capsys):
+def test_refine_command_writes_outputs_overlay_report_and_summary(tmp_path, capsys):
     make_folder(tmp_path / "in", n=2, corrupt=True)
     out = tmp_path / "out"
-    args = ["refine", str(tmp_path / "in"), "--out", str(out), "--weights", str(weights), "--device", "cpu",
+    args = ["refine", str(tmp_path / "in"), "--out", str(out), "--weights", "default", "--device", "cpu",
             "--fast", "--L", "96", "--threshold", "--overlay", "--report", str(tmp_path / "r.csv"), "--limit", "2",
             "--no-progress"]
     rc = main(args)
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "done 2, skipped 0, failed 0 of 2" in text
+    refiner = Refiner(device="cpu")  # the bundled network: its masks follow the bright box of each photo
     for i in range(2):
         m = cv2.imread(str(out / f"p{i}_mask.png"), cv2.IMREAD_UNCHANGED)
-        assert m.shape == (48 + 8 * i, 64) and set(np.unique(m)) <= {0, 255}
+        assert m.shape == (48 + 8 * i, 64) and set(np.unique(m)) == {0, 255}
+        photo = cv2.imread(str(tmp_path / "in" / f"p{i}_im.jpg"))[:, :, ::-1]
+        coarse = cv2.imread(str(tmp_path / "in" / f"p{i}_seg.png"), cv2.IMREAD_GRAYSCALE)
+        np.testing.assert_array_equal(m, refiner.refine(photo, coarse, fast=True, L=96, threshold=0.5))
+        assert mask_iou(m > 0, coarse > 0) > 0.9
         assert (out / f"p{i}_overlay.jpg").exists()
     with open(tmp_path / "r.csv", newline="") as f:
         rows = list(csv.DictReader(f))

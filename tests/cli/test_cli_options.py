@@ -3,6 +3,7 @@ what the library computes for the same input, so a flag that is parsed but ignor
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -126,11 +127,13 @@ def test_no_resume_redoes_finished_outputs(tmp_path, saved_weights, capsys):
     images, masks, _ = images_masks_gt(tmp_path)
     args = [str(images), str(masks), "--out", str(tmp_path / "o"), "--weights", str(saved_weights)]
     assert run(args) == 0
+    first = (tmp_path / "o" / "p0.png").read_bytes()
     (tmp_path / "o" / "p0.png").write_bytes(b"")  # an output a user damaged by hand
     capsys.readouterr()
     assert run([*args, "--no-resume"]) == 0
     assert "done 2, skipped 0" in capsys.readouterr().out
     assert read_gray(tmp_path / "o" / "p0.png").shape == (56, 72)
+    assert (tmp_path / "o" / "p0.png").read_bytes() == first  # redone: the same refinement as the first run
     assert run(args) == 0 and "done 0, skipped 2" in capsys.readouterr().out  # resume is the default
 
 
@@ -227,15 +230,31 @@ def test_openvino_refusals_name_the_problem(small_model, monkeypatch):
         Refiner(device="cpu", weights=small_model, backend="openvino")
 
 
-def test_backend_openvino_refines_a_folder_like_torch_and_caches_the_conversion(tmp_path, saved_weights, monkeypatch):
-    pytest.importorskip("openvino", reason="the `openvino` extra is not installed")
+def test_backend_openvino_refines_a_folder_like_torch_and_caches_the_conversion(tmp_path, openvino_default_cache,
+                                                                                 monkeypatch):
+    from cascadepsp.deploy import openvino_runtime
+
     images, masks, _ = images_masks_gt(tmp_path, n=2)
     cache = tmp_path / "ov_cache"
     monkeypatch.setenv("CASCADEPSP_OPENVINO_CACHE", str(cache))
-    args = [str(images), str(masks), "--weights", str(saved_weights)]
+    monkeypatch.setenv("CASCADEPSP_HOME", str(tmp_path / "home"))  # the fallback location, empty: not the user's
+    [converted] = openvino_default_cache.iterdir()  # the session's conversion of the bundled weights (conftest)
+    builds = []
+
+    def build_from_the_session_conversion(model, entry):
+        """The CLI asks for a conversion into ``entry``; the converted files are the session's (a real
+        conversion, checked in tests/deploy), copied instead of converting the same weights again."""
+        builds.append(entry)
+        shutil.copytree(converted, entry)
+        return 1.0
+
+    monkeypatch.setattr(openvino_runtime, "build_entry", build_from_the_session_conversion)
+    args = [str(images), str(masks), "--weights", "default"]
     assert run([*args, "--out", str(tmp_path / "torch")]) == 0
+    assert not builds  # the torch backend converts nothing
     assert run([*args, "--out", str(tmp_path / "ov"), "--backend", "openvino"]) == 0
-    assert sorted(p.name for p in cache.rglob("manifest.json"))  # the converted model was cached where told
+    # one conversion of the bundled weights, into CASCADEPSP_OPENVINO_CACHE, and the CLI ran what it holds
+    assert builds == [cache / converted.name] and (builds[0] / "manifest.json").is_file()
     for name in ("p0.png", "p1.png"):
         a = cv2.imread(str(tmp_path / "torch" / name), cv2.IMREAD_GRAYSCALE).astype(int)
         b = cv2.imread(str(tmp_path / "ov" / name), cv2.IMREAD_GRAYSCALE).astype(int)

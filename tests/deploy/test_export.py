@@ -15,6 +15,7 @@ import torch
 
 import cascadepsp
 from cascadepsp.cli import main
+from cascadepsp.deploy import openvino_runtime
 from cascadepsp.deploy.onnx_export import OUTPUT_KEYS, BinAveragePool, exportable
 from cascadepsp.deploy.openvino_runtime import MANIFEST, OpenVINOModel, cache_key
 from cascadepsp.inference.reference import image_to_tensor, mask_to_tensor, pad_to_multiple_of_8
@@ -95,11 +96,10 @@ def test_export_onnx_refuses_a_wrong_suffix(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def warm_cache(tmp_path_factory, default_model) -> Path:
-    root = tmp_path_factory.mktemp("ov_cache")
-    model = OpenVINOModel(default_model, cache_dir=root)
-    assert model.conversion_seconds > 0  # a cold cache converts
-    return root
+def warm_cache(openvino_default_cache, default_model) -> Path:
+    """The session's one conversion of the bundled refiner (conftest), holding this module's model."""
+    assert (openvino_default_cache / cache_key(default_model) / MANIFEST).is_file()
+    return openvino_default_cache
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,22 +107,33 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.abs(a.astype(np.float64) - b) <= 1 / 255 + 1e-6))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("engine", ["batched", "reference"])
-def test_openvino_backend_agrees_with_the_torch_reference(warm_cache, default_model, engine):
+@pytest.fixture(scope="module")
+def torch_reference(default_model) -> dict[int, np.ndarray]:
+    """The torch reference engine's probabilities on the half-size photo, once for both OpenVINO engines:
+    L = 480 upsamples the photo for the global step; L = 200 refines several full-resolution windows."""
     im, seg = real_photo(0.5)
     reference = cascadepsp.Refiner(device="cpu", weights=default_model, engine="reference")
+    return {L: reference.refine_probability(im, seg, L=L) for L in (480, 200)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["batched", "reference"])
+def test_openvino_backend_agrees_with_the_torch_reference(warm_cache, default_model, torch_reference, engine):
+    im, seg = real_photo(0.5)
     refiner = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend="openvino",
                                  cache_dir=warm_cache)
     assert refiner.model.conversion_seconds == 0.0  # the warm cache is used, not rebuilt
-    for L in (480, 200):  # 480: the photo upsampled for the global step; 200: several full-resolution windows
-        expected = reference.refine_probability(im, seg, L=L)
+    for L, expected in torch_reference.items():
         got = refiner.refine_probability(im, seg, L=L)
         assert agreement(got, expected) >= 0.999, L
 
 
+class _RebuildStarted(Exception):
+    """Raised by a recording stand-in for build_entry: the rebuild was started, no need to convert again."""
+
+
 @pytest.mark.slow
-def test_corrupt_or_stale_cache_entries_are_rebuilt(warm_cache, default_model, tmp_path):
+def test_corrupt_or_stale_cache_entries_are_rebuilt(warm_cache, default_model, tmp_path, monkeypatch):
     root = tmp_path / "cache"
     shutil.copytree(warm_cache, root)
     entry = root / cache_key(default_model)
@@ -137,14 +148,24 @@ def test_corrupt_or_stale_cache_entries_are_rebuilt(warm_cache, default_model, t
     with torch.no_grad():
         expected = default_model(x, seg, seg)["pred_224"]
     assert (rebuilt(x, seg, seg)["pred_224"] - expected).abs().max() <= 1e-4
-    manifest = json.loads((entry / MANIFEST).read_text())
-    manifest["format"] = "cascadepsp-openvino-0"  # an entry written by another version
-    (entry / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.warns(UserWarning, match="format"):
-        assert OpenVINOModel(default_model, cache_dir=root).conversion_seconds > 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and the rebuilt entry is trusted again, silently
         assert OpenVINOModel(default_model, cache_dir=root).conversion_seconds == 0.0
+    manifest = json.loads((entry / MANIFEST).read_text())
+    manifest["format"] = "cascadepsp-openvino-0"  # an entry written by another version
+    (entry / MANIFEST).write_text(json.dumps(manifest))
+    # The same rebuild as above (a real conversion, checked there); here only that a stale entry is not
+    # trusted: the model is sent to be rebuilt into that entry (recorded, then stopped: no second conversion).
+    rebuilds = []
+
+    def recorded(model, where):
+        rebuilds.append((model, where))
+        raise _RebuildStarted
+
+    monkeypatch.setattr(openvino_runtime, "build_entry", recorded)
+    with pytest.warns(UserWarning, match="format 'cascadepsp-openvino-0'"), pytest.raises(_RebuildStarted):
+        OpenVINOModel(default_model, cache_dir=root)
+    assert rebuilds == [(default_model, entry)]
 
 
 def test_cache_key_follows_the_weights(small_model):

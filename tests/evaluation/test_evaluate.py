@@ -150,16 +150,32 @@ def test_match_folders_and_davis_layout(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
-def test_evaluate_end_to_end_with_random_resnet18(tmp_path):
+def test_evaluate_end_to_end_with_the_bundled_refiner(tmp_path):
     _write_flat(tmp_path / "data", 3)
     samples = find_triplets(tmp_path / "data")
-    methods = build_methods([COARSE, REFINER, "guided", "morph"], weights=cascadepsp.create_model("resnet18"),
-                            device="cpu", fast=True, L=96)
+    methods = build_methods([COARSE, REFINER, "guided", "morph"], weights="default", device="cpu", fast=True, L=96)
     assert list(methods) == [REFINER, "guided", "morph"]
     res = evaluate_pairs(samples, methods, keep_extremes=1)
     assert res.methods == [COARSE, REFINER, "guided", "morph"]
     assert res.figure_method == REFINER and len(res.worst) == 1 and len(res.best) == 1
-    assert res.worst[0].gain <= res.best[0].gain
+    assert 0 < res.worst[0].gain <= res.best[0].gain  # the refiner sharpens every one of these masks
+
+    # every method's per-image scores are those of its own output, run and scored here on the files as read
+    # independently; the bundled refiner is far closer to the truth than the perturbed coarse masks (measured
+    # IoU 0.70 / 0.40 / 0.75 -> 0.997 / 0.997 / 1.0)
+    refiner = cascadepsp.Refiner(device="cpu")
+    independent = {REFINER: lambda im, m: refiner.refine(im, m, fast=True, L=96), "guided": guided_refine,
+                   "morph": morph_smooth}
+    for row, i in zip(res.rows, range(3), strict=True):
+        image = np.asarray(Image.open(tmp_path / "data" / f"s{i}_im.png").convert("RGB"))
+        seg = np.asarray(Image.open(tmp_path / "data" / f"s{i}_seg.png"))
+        gt = np.asarray(Image.open(tmp_path / "data" / f"s{i}_gt.png"))
+        for name, run in independent.items():
+            out = run(image, seg)
+            assert row[f"{name}_iou"] == pytest.approx(mask_iou(out, gt), abs=1e-9), (i, name)
+            assert row[f"{name}_ba"] == pytest.approx(boundary_accuracy(out, gt), abs=1e-9), (i, name)
+        assert row[f"{REFINER}_iou"] > row[f"{COARSE}_iou"] + 0.2 and row[f"{REFINER}_iou"] > 0.95, row
+    assert res.summary[REFINER]["mba"] > res.summary[COARSE]["mba"] + 0.2
 
     # coarse-input metrics equal those computed directly from the files
     direct = SegMetrics()

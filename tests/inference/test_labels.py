@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import cascadepsp
 from cascadepsp.inference.labels import object_crop, refine_label_map
@@ -85,19 +84,32 @@ def test_crop_refines_inside_the_box_only():
     assert ref.calls[0][2] == (rows.stop - rows.start, cols.stop - cols.start)
 
 
-def test_with_a_real_model_ids_are_kept_and_background_stays_zero():
-    torch.manual_seed(0)
-    refiner = cascadepsp.Refiner(device="cpu", weights=cascadepsp.create_model("resnet18"))
+def test_with_the_bundled_network_ids_move_onto_their_objects_and_background_stays_zero():
+    """Two bright boxes (ids 2 and 9) whose coarse label map is shifted by 2-4 px: with the bundled refiner each
+    id comes closer to its own box (measured IoU 0.66 -> 0.78 and 0.72 -> 0.84 with object crops) and pixels
+    away from both stay background."""
+    from cascadepsp.evaluation.metrics import mask_iou
+    from cascadepsp.inference.reference import distance_to_boundary
+
+    refiner = cascadepsp.Refiner(device="cpu")
     rng = np.random.default_rng(0)
     image = rng.integers(0, 60, (64, 80, 3), dtype=np.uint8)
-    labels = np.zeros((64, 80), np.uint8)
-    labels[8:30, 8:40] = 2
-    labels[35:60, 30:75] = 9
-    image[labels > 0] += 150
+    truth = np.zeros((64, 80), np.uint8)
+    truth[8:30, 8:40] = 2
+    truth[35:60, 30:75] = 9
+    image[truth > 0] += 150
+    labels = np.zeros_like(truth)
+    labels[10:32, 12:44] = 2
+    labels[33:58, 26:71] = 9
+    far = distance_to_boundary((truth > 0) | (labels > 0)) > 4
+    far &= (truth == 0) & (labels == 0)
     for crop in (True, False):
         out = refine_label_map(refiner, image, labels, fast=True, L=96, crop=crop)
         assert out.shape == labels.shape and out.dtype == np.uint8
-        assert set(np.unique(out)) <= {0, 2, 9}
+        assert set(np.unique(out)) == {0, 2, 9}
+        for i in (2, 9):
+            assert mask_iou(out == i, truth == i) > mask_iou(labels == i, truth == i) + 0.05, (crop, i)
+        assert far.sum() > 1000 and (out[far] == 0).all()
 
 
 def test_bad_inputs_are_rejected():

@@ -170,23 +170,60 @@ def test_fast_equals_global_pass_and_full_refines_windows(small_model):
         assert torch.equal(full, (binary + 1) / 2)
 
 
+def _bright_is_foreground(calls: list | None = None) -> torch.nn.Module:
+    """A stand-in network that ignores the mask it is given: foreground exactly where the (normalised) red
+    channel of its input is above the ImageNet mean, i.e. where the photo is bright. What a correct pipeline
+    returns is then known without the pipeline: the photo's bright region, up to resampling at its edge.
+    ``calls`` gets (input height and width, local pass?) per call; the Refiner runs a copy of the module, so
+    the list is reached through the closure, not an attribute."""
+
+    class BrightIsForeground(torch.nn.Module):
+        def forward(self, x, seg, inter_s8=None, inter_s4=None):
+            if calls is not None:
+                calls.append((tuple(x.shape[-2:]), inter_s8 is not None))
+            p = (x[:, :1] > 0).float()
+            return {"pred_224": p, "pred_28_3": p, "pred_56_2": p}
+
+    return BrightIsForeground()
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_refiner_keeps_size_on_odd_and_tiny_images(small_refiner, fast):
     rng = np.random.default_rng(0)
+    bright_net = Refiner(device="cpu", weights=_bright_is_foreground())
     for h, w in [(37, 53), (3, 5), (1, 1), (130, 45)]:
-        image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        image = rng.integers(0, 100, (h, w, 3), dtype=np.uint8)
+        edge = w * 2 // 5
+        image[:, :edge] += 150  # bright on the left: across the coarse mask's top / bottom split
         mask = np.zeros((h, w), bool)
         mask[: max(1, h // 2)] = True
         if h * w == 1:
             mask[:] = True
         out = small_refiner.refine(image, mask, fast=fast, L=96)
         assert out.shape == (h, w) and out.dtype == np.uint8
+        # the values land where they belong at every odd size: the stand-in's answer (the bright columns)
+        # comes back in place, wrong at most in the one column at the bright edge (resampling)
+        got = bright_net.refine(image, mask, fast=fast, L=96) >= 128
+        if h * w == 1:
+            assert got.all()  # a full mask is returned as it is
+            continue
+        wrong = got != (np.arange(w) < edge)[None, :]
+        assert not wrong[:, np.r_[0:edge - 1, edge + 1:w]].any(), (h, w)
 
 
 def test_downscaled_global_step_on_larger_image(small_refiner, scene):
     image, mask = scene  # 96x128 refined at L = 80: global step downsamples with area
     out = small_refiner.refine(image, mask, fast=False, L=80)
     assert out.shape == mask.shape
+    # The scene's object is exactly its bright pixels: from a coarse mask shifted 8 px to the right, the
+    # stand-in network's answer is the object itself, seen at 60x80 in the global step (padded to 64x88: both
+    # sides go to the next multiple of 8, as the original) and at full resolution in the local step's 80x80 windows.
+    calls = []
+    coarse = np.roll(mask, 8, axis=1)
+    got = Refiner(device="cpu", weights=_bright_is_foreground(calls)).refine(image, coarse, fast=False, L=80) >= 128
+    assert calls[0] == ((64, 88), False) and calls[1:] and all(c == ((80, 80), True) for c in calls[1:])
+    near_edge = distance_to_boundary(mask) <= 1.5
+    assert np.array_equal(got[~near_edge], mask[~near_edge]) and (coarse != mask).sum() > 400
 
 
 def test_threshold_gives_binary(small_refiner, scene):

@@ -1,5 +1,7 @@
 """The folder tool on a local Ray instance: same bytes and report rows as the plain run, a killed actor's job
-retried, bad images reported per image. Actors use the bundled default refiner (real weights)."""
+retried, bad images reported per image. Actors use the bundled default refiner (real weights) at a small L
+(the generated photos are at most 96 px long: the default L = 900 would upsample each to 900 px for the global
+step and spend most of a test's time there, not in Ray)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ def rows_without_timing(path: Path) -> list[dict[str, str]]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in read_csv(path)]
 
 
+L = 96  # the long side of the largest generated photo: no upsampling, one window
+
+
 class CrashOnce:
     """A Refiner whose process dies (os._exit) in its second refinement, once per test (a marker file says so)."""
 
@@ -70,11 +75,11 @@ def test_ray_run_matches_the_plain_run_byte_for_byte(local_ray, folder_with_a_ba
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # 1 thread in the plain run = 1 CPU per actor: the same bytes
     try:
-        plain = refine_folder([src], tmp_path / "plain", refiner=Refiner(device="cpu"), report=tmp_path / "plain.csv",
-                              progress=False)
+        plain = refine_folder([src], tmp_path / "plain", refiner=Refiner(device="cpu"), L=L,
+                              report=tmp_path / "plain.csv", progress=False)
     finally:
         torch.set_num_threads(n)
-    dist = refine_dataset([src], tmp_path / "ray", actors=2, cpus_per_actor=1, report=tmp_path / "ray.csv",
+    dist = refine_dataset([src], tmp_path / "ray", actors=2, cpus_per_actor=1, L=L, report=tmp_path / "ray.csv",
                           progress=False)
     assert dist.count("done") == plain.count("done") == 4 and dist.count("failed") == 1
     assert tree_hash(tmp_path / "plain") == tree_hash(tmp_path / "ray") and len(tree_hash(tmp_path / "ray")) == 4
@@ -90,7 +95,7 @@ def test_ray_run_matches_the_plain_run_byte_for_byte(local_ray, folder_with_a_ba
     # broken one is tried again and fails again
     before = tree_hash(tmp_path / "ray")
     rc = main(["refine", str(src), "--out", str(tmp_path / "ray"), "--ray", "--ray-actors", "1",
-               "--ray-cpus-per-actor", "1", "--no-progress"])
+               "--ray-cpus-per-actor", "1", "--L", str(L), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 1 and "done 0, skipped 4, failed 1 of 5" in out and "failed: broken" in out
     assert tree_hash(tmp_path / "ray") == before
@@ -100,7 +105,7 @@ def test_a_killed_actor_is_restarted_and_its_job_retried(local_ray, tmp_path):
     src = tmp_path / "in"
     original_layout(src, n=5)
     marker = tmp_path / "crashed"
-    summary = refine_dataset([src], tmp_path / "out", actors=2, cpus_per_actor=1, report=tmp_path / "r.csv",
+    summary = refine_dataset([src], tmp_path / "out", actors=2, cpus_per_actor=1, L=L, report=tmp_path / "r.csv",
                              progress=False, refiner_factory=functools.partial(CrashOnce, str(marker)))
     assert marker.exists()  # an actor process did die mid-run
     assert summary.count("done") == 5 and summary.count("failed") == 0
@@ -139,7 +144,7 @@ class CrashOnSize(CrashOnce):
 def test_an_image_that_kills_its_worker_every_time_is_reported_and_the_run_completes(local_ray, tmp_path):
     src = tmp_path / "in"
     original_layout(src, n=5)  # part2/img04 is the only 50x50 one
-    summary = refine_dataset([src], tmp_path / "out", actors=2, cpus_per_actor=1, retries=1, progress=False,
+    summary = refine_dataset([src], tmp_path / "out", actors=2, cpus_per_actor=1, L=L, retries=1, progress=False,
                              refiner_factory=functools.partial(CrashOnSize, (50, 50)))
     assert [(r.name, r.status) for r in summary.rows] == [
         ("img00", "done"), ("img01", "done"), ("img02", "done"), ("img03", "done"), ("part2/img04", "failed")]

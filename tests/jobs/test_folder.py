@@ -13,11 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from folder_fixtures import SIZES, ImageRefiner, no_temp_files, original_layout, read_csv, scene, tree_hash
 from PIL import Image
 
 import cascadepsp
+from cascadepsp.evaluation.metrics import mask_iou
 from cascadepsp.io import atomic
 from cascadepsp.io import images as imageio
 from cascadepsp.jobs import folder
@@ -338,15 +338,24 @@ def test_binary_mode_warns_when_a_label_map_has_no_foreground(tmp_path):
     assert "use --labels" in s.rows[0].note
 
 
-def test_with_the_real_refiner_outputs_have_the_mask_size(tmp_path):
-    torch.manual_seed(0)
-    refiner = cascadepsp.Refiner(device="cpu", weights=cascadepsp.create_model("resnet18"))
+def test_with_the_real_refiner_outputs_have_the_mask_size_and_come_closer_to_the_truth(tmp_path):
+    """The bundled refiner, not a stand-in: each written mask is its refinement of that photo (RGB) and that
+    coarse mask, and is closer to the ground truth than the too-fat coarse mask (measured IoU 0.78 -> 0.92
+    and 0.81 -> 0.95)."""
+    refiner = cascadepsp.Refiner(device="cpu")
     src = tmp_path / "d"
     sizes = original_layout(src, 2)
     s = refine_folder([src], tmp_path / "o", refiner=refiner, fast=True, L=96, progress=False)
     assert s.count("done") == 2
     for name, (w, h) in sizes.items():
-        assert cv2.imread(str(tmp_path / "o" / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
+        mask = cv2.imread(str(tmp_path / "o" / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (h, w)
+        photo = cv2.imread(str(src / f"{name}_im.png"))[:, :, ::-1]
+        coarse = cv2.imread(str(src / f"{name}_seg.png"), cv2.IMREAD_GRAYSCALE) >= 128
+        gt = cv2.imread(str(src / f"{name}_gt.png"), cv2.IMREAD_GRAYSCALE) >= 128
+        np.testing.assert_array_equal(mask, refiner.refine(photo, coarse, fast=True, L=96))
+        assert mask_iou(mask >= 128, gt) > mask_iou(coarse, gt) + 0.05, name
+    assert s.metrics["refined"]["iou"] > s.metrics["coarse"]["iou"] + 0.05
 
 
 def test_stale_temp_from_a_dead_run_is_removed_at_start(tmp_path):

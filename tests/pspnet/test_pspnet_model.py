@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 from torch import nn
 
 import pspnet
 from pspnet import PSPNet, PSPNetConfig, PyramidPooling
+from pspnet.losses import segmentation_loss
 
 SMALL = {"head_channels": 32, "aux_channels": 16}
 
@@ -73,16 +77,32 @@ def test_aux_output_only_in_training_mode(r18):
 
 def test_training_with_batch_size_one_works(r18):
     """A batch of one must train: the pyramid's 1x1 bin has one value per channel, which plain BatchNorm
-    refuses in training mode; the step must give finite, non-zero gradients."""
-    model = r18.train()
-    main, aux = model(torch.randn(1, 3, 40, 40))
-    assert main.shape[0] == aux.shape[0] == 1 and torch.isfinite(main).all() and torch.isfinite(aux).all()
-    (main.mean() + aux.mean()).backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert any(g is not None and g.abs().sum() > 0 for g in grads)
-    assert all(torch.isfinite(g).all() for g in grads if g is not None)
-    model.zero_grad(set_to_none=True)
-    model.eval()
+    refuses in training mode. Three SGD steps on one image (left half foreground) must give finite, non-zero
+    gradients, change the weights (the 1x1 bin's among them) and lower the loss."""
+    model = copy.deepcopy(r18).train()  # r18 is shared by the module's other tests
+    x = torch.randn(1, 3, 40, 40)
+    target = torch.zeros(1, 40, 40, dtype=torch.long)
+    target[..., :20] = 1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(3):
+        main, aux = model(x)
+        assert main.shape == aux.shape == (1, 2, 40, 40)
+        loss, _ = segmentation_loss((main, aux), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)
+        assert all(torch.isfinite(g).all() for g in grads if g is not None)
+        opt.step()
+        losses.append(loss.item())
+    # measured (seeds 0-2): 0.92-0.97 on the first step, 0.47-0.49 on the third
+    assert all(map(math.isfinite, losses)) and losses[-1] < 0.7 * losses[0], losses
+    after = model.state_dict()
+    for key in ("encoder.conv1.weight", "ppm.branches.0.1.0.weight", "head.classifier.weight",
+                "aux_head.classifier.weight"):
+        assert not torch.equal(after[key], before[key]), key
 
 
 def test_pyramid_pooling_bins_and_channels():
