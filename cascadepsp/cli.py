@@ -102,6 +102,18 @@ def _add_refiner_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["batched", "reference"], default="batched",
                    help="batched (windows in batches, bounded memory; default) or reference (the original's "
                         "exact one-window loop). Not --fast, which skips the local step")
+    _add_backend_options(p)
+
+
+def _add_backend_options(p: argparse.ArgumentParser) -> None:
+    """--backend and --precision (refine, refine-coco, serve)."""
+    p.add_argument("--backend", choices=["torch", "openvino"], default="torch",
+                   help="torch (default) or openvino (CPU; needs cascadepsp[openvino]; converts once per machine "
+                        "into $CASCADEPSP_HOME/openvino)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+                   help="network precision. auto: bf16 on CUDA, fp32 on CPU; bf16 on a CPU needs bf16 "
+                        "instructions; int8 needs --backend openvino and cascadepsp[int8] (quantised once per "
+                        "machine); see the README's speed table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,13 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder (must be outside every input folder)")
     r.add_argument("--gt", help="ground-truth folder matched like the masks (adds IoU / mBA to the report)")
     _add_refiner_options(r)
-    r.add_argument("--backend", choices=["torch", "openvino"], default="torch",
-                   help="torch (default) or openvino (CPU, fp32; needs cascadepsp[openvino]; converts once per "
-                        "machine into $CASCADEPSP_HOME/openvino)")
     r.add_argument("--mode", action=RenamedOption, new="--engine (batched|reference; 'fast' is now 'batched')")
     r.add_argument("--batch-size", type=_positive, help="windows per model call (default: automatic)")
-    r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="batched-engine precision (auto: bf16 on CUDA, fp32 on CPU)")
     r.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
     r.add_argument("--threshold", type=_threshold, nargs="?", const=0.5, default=None, metavar="T",
                    help="write binary 0/255 masks (probability >= T, default 0.5) instead of soft 0-255 masks")
@@ -203,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     v.add_argument("--weights", default="default",
                    help="'default' (bundled), 'official', or a path to .safetensors / the official checkpoint")
-    v.add_argument("--backend", choices=["torch", "openvino"], default="torch", help="network backend")
+    _add_backend_options(v)
     v.add_argument("--device", help="torch device (default: CUDA when available)")
     v.add_argument("--max-pixels", type=_positive, default=25_000_000,
                    help="largest photo in pixels, checked from its header (default 25000000); larger: 413")
@@ -308,7 +315,8 @@ def _cmd_refine_coco(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from .inference.refiner import Refiner
 
-    refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine)
+    refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, precision=args.precision,
+                      backend=args.backend)
     failures: list[str] = []
 
     def on_failure(line: str) -> None:

@@ -1,12 +1,16 @@
-"""Speed / memory benchmark of the refiner: engines (reference, batched) and backends (torch, openvino), per
-image size, on CPU and GPU.
+"""Speed / memory benchmark of the refiner: engines (reference, batched), backends (torch, openvino) and
+precisions, per image size, on CPU and GPU.
 
-Each measurement runs in a fresh subprocess so peak RSS is that run's own. Prints a Markdown table. The
-openvino rows run the batched engine twice, each in a fresh process: first with an empty cache ("setup" is
-the one-time conversion), then with the warm cache ("setup" is loading it; the timed run is this one).
+Each measurement runs in a fresh subprocess so peak RSS is that run's own. Prints a Markdown table. A mode is
+``reference``, ``batched``, ``batched+compile`` or ``openvino``, optionally with a precision after a colon
+(``batched:bf16``, ``openvino:bf16``, ``openvino:int8``). The openvino rows run the batched engine twice, each
+in a fresh process with the row's own cache: first empty ("setup" is the one-time conversion, and for int8
+the calibration and quantisation), then warm ("setup" is loading it; the timed run is this one). "IoU vs
+fp32" compares each binarised mask with the fp32 batched torch row's (or the reference row's).
 
     python scripts/benchmark.py --data ../shared/data --sizes 1k 2k 4k 8k --devices cpu
-    python scripts/benchmark.py --data ../shared/data --sizes 2k --modes reference batched openvino --threads 2
+    python scripts/benchmark.py --data ../shared/data --sizes 2k --modes batched batched:bf16 openvino \
+        openvino:bf16 openvino:int8 --threads 2 --warm
 """
 
 from __future__ import annotations
@@ -58,9 +62,10 @@ def run_one(args: argparse.Namespace) -> None:
     torch.manual_seed(0)  # "random:<preset>" weights must be the same in every child process
     weights = cascadepsp.create_model(args.weights[len("random:"):]) if args.weights.startswith("random:") \
         else args.weights
-    engine, compiled = ("batched", True) if args.mode == "batched+compile" else (args.mode, False)
+    mode = args.mode.split(":")[0]
+    engine, compiled = ("batched", True) if mode == "batched+compile" else (mode, False)
     backend = "torch"
-    if args.mode == "openvino":
+    if mode == "openvino":
         engine, backend = "batched", "openvino"
     t_setup = time.perf_counter()
     refiner = cascadepsp.Refiner(device=args.device, weights=weights, engine=engine,
@@ -92,10 +97,24 @@ def run_one(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
-    """Share of pixels that differ by more than 1/255, and the largest difference (in 1/255 units)."""
+def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, int, float]:
+    """Share of pixels that differ by more than 1/255, the largest difference (in 1/255 units), and the IoU of
+    the two masks binarised at 128."""
     d = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    return float((d > 1).mean()), int(d.max())
+    fa, fb = a >= 128, b >= 128
+    union = int((fa | fb).sum())
+    return float((d > 1).mean()), int(d.max()), float((fa & fb).sum() / union) if union else 1.0
+
+
+MODES = ("reference", "batched", "batched+compile", "openvino")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+def mode_spec(text: str) -> str:
+    mode, _, precision = text.partition(":")
+    if mode not in MODES or (precision and precision not in PRECISIONS):
+        raise argparse.ArgumentTypeError(f"expected one of {MODES}, optionally :<{'|'.join(PRECISIONS)}>, got {text!r}")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,11 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="../shared/data (uses highres/aeroplane); synthetic if absent")
     p.add_argument("--sizes", nargs="+", default=["1k", "2k", "4k"], choices=list(SIZES))
     p.add_argument("--devices", nargs="+", default=["cpu"])
-    p.add_argument("--modes", nargs="+", default=["reference", "batched"],
-                   choices=["reference", "batched", "batched+compile", "openvino"],
+    p.add_argument("--modes", nargs="+", default=["reference", "batched"], type=mode_spec,
                    help="reference / batched: torch engines; batched+compile: torch.compile'd windows, timed after "
                         "a first (compiling) run; openvino: the batched engine on the OpenVINO backend (cold, then "
-                        "warm cache)")
+                        "warm cache); each optionally :fp32/:bf16/:fp16/:int8 (int8: openvino only)")
     p.add_argument("--reference-sizes", nargs="*", default=None,
                    help="sizes on which to also run the reference path (default: all)")
     p.add_argument("--global-only", action="store_true", help="benchmark fast=True (global step only)")
@@ -133,19 +151,23 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     header = ("| device | size | engine | backend | precision | setup (s) | time (s) | vs batched torch | "
-              "peak RSS (MB) | peak GPU (MB) | pixels off by >1/255 | max diff |")
-    print(header + "\n|" + "---|" * 12, flush=True)
+              "peak RSS (MB) | peak GPU (MB) | pixels off by >1/255 | max diff | IoU vs fp32 |")
+    print(header + "\n|" + "---|" * 13, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for device in args.devices:
             for size in args.sizes:
-                cache = str(Path(tmp) / f"openvino_{device}_{size}")  # empty: each row's first child converts
                 outputs, times = {}, {}
-                for mode in args.modes:
+                for spec in args.modes:
+                    mode, _, precision = spec.partition(":")
                     if mode == "reference" and args.reference_sizes is not None and size not in args.reference_sizes:
                         continue
-                    precision = args.gpu_precision if (mode != "reference" and device.startswith("cuda")) else "fp32"
-                    save = str(Path(tmp) / f"{device}_{size}_{mode}.npy")
-                    cmd = [sys.executable, __file__, "--child", "--size", size, "--device", device, "--mode", mode,
+                    if not precision:
+                        precision = args.gpu_precision if (mode != "reference" and device.startswith("cuda")) \
+                            else "fp32"
+                    # empty: each row's first child converts (and calibrates), so its setup is the first-use cost
+                    cache = str(Path(tmp) / f"openvino_{device}_{size}_{spec}")
+                    save = str(Path(tmp) / f"{device}_{size}_{spec}.npy")
+                    cmd = [sys.executable, __file__, "--child", "--size", size, "--device", device, "--mode", spec,
                            "--precision", precision, "--save", save, "--weights", args.weights, "--L", str(args.L),
                            "--threads", str(args.threads), "--cache", cache]
                     if args.warm:
@@ -160,17 +182,18 @@ def main(argv: list[str] | None = None) -> int:
                         proc = subprocess.run(cmd, capture_output=True, text=True)
                         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                         if proc.returncode != 0 or line is None:
-                            print(f"| {device} | {size} | {mode} | failed: {proc.stderr.strip().splitlines()[-1:]} |")
+                            print(f"| {device} | {size} | {spec} | failed: {proc.stderr.strip().splitlines()[-1:]} |")
                             res = None
                             break
                         res = json.loads(line[len("RESULT "):])
                         setups.append(res["setup_seconds"])
                     if res is None:
                         continue
-                    outputs[mode], times[mode] = np.load(save), res["seconds"]
-                    speed = times["batched"] / res["seconds"] if "batched" in times and mode != "batched" else None
-                    base = "reference" if "reference" in outputs else None
-                    off, mx = agreement(outputs[base], outputs[mode]) if base and mode != base else (None, None)
+                    outputs[spec], times[spec] = np.load(save), res["seconds"]
+                    speed = times["batched"] / res["seconds"] if "batched" in times and spec != "batched" else None
+                    base = next((b for b in ("batched", "batched:fp32", "reference") if b in outputs), None)
+                    off, mx, iou = agreement(outputs[base], outputs[spec]) if base and spec != base \
+                        else (None, None, None)
                     gpu = res["gpu_peak_mb"]
                     engine = {"openvino": "batched"}.get(mode, mode)
                     if res["first_seconds"] is not None:
@@ -180,12 +203,13 @@ def main(argv: list[str] | None = None) -> int:
                              "openvino" if mode == "openvino" else "torch", precision, setup,
                              f"{res['seconds']:.1f}", "" if speed is None else f"{speed:.2f}x",
                              f"{res['peak_rss_mb']:.0f}", "" if gpu is None else f"{gpu:.0f}",
-                             "" if off is None else f"{100 * off:.4f}%", "" if mx is None else str(mx)]
+                             "" if off is None else f"{100 * off:.4f}%", "" if mx is None else str(mx),
+                             "" if iou is None else f"{iou:.4f}"]
                     row = "| " + " | ".join(cells) + " |"
                     rows.append(row)
                     print(row, flush=True)
     if args.out_md:
-        Path(args.out_md).write_text(header + "\n|" + "---|" * 12 + "\n" + "\n".join(rows) + "\n")
+        Path(args.out_md).write_text(header + "\n|" + "---|" * 13 + "\n" + "\n".join(rows) + "\n")
     return 0
 
 

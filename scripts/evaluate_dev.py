@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("root", help="folder of dev sets (one sub-folder of <name>_im / _seg / _gt triplets per set)")
     p.add_argument("--weights", default="default")
     p.add_argument("--device", default=None)
+    p.add_argument("--backend", default="torch", choices=["torch", "openvino"])
+    p.add_argument("--precision", default="auto", help="Refiner precision: auto/fp32/bf16/fp16, int8 with openvino")
+    p.add_argument("--threads", type=int, help="CPU threads (torch and OpenVINO)")
     p.add_argument("--sets", help="comma-separated set names (default: every sub-folder)")
     p.add_argument("--limit", type=int, help="at most N evenly spaced photos per set (quick comparisons)")
     p.add_argument("--bands", default="", help="comma-separated edit-band widths to try (fractions of (H+W)/2)")
@@ -74,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.limit and len(samples) > a.limit:
             samples = [samples[i] for i in np.linspace(0, len(samples) - 1, a.limit).round().astype(int)]
         sets[name] = samples
-    refiner = Refiner(device=a.device, weights=a.weights)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    refiner = Refiner(device=a.device, weights=a.weights, backend=a.backend, precision=a.precision)
     methods = band_methods(refiner, [float(b) for b in a.bands.split(",") if b])
     for b in (x for x in a.baselines.split(",") if x):
         methods[b] = BASELINES[b]

@@ -5,6 +5,10 @@
 one dynamic-shape model per graph) is paid once per machine: entries live in :func:`cache_root`, keyed by a
 hash of the weights, the architecture and the software versions, and every file is checked against its
 recorded SHA-256 before use, so a corrupt or stale entry is rebuilt, never trusted.
+
+Precisions: ``fp32``; ``bf16`` (the same IR run under the CPU plugin's bf16 inference hint, on CPUs with bf16
+instructions); ``int8`` (a second entry, quantised by NNCF from the fp32 one with calibration inputs the
+caller records, see :mod:`cascadepsp.deploy.quantize`; keyed by the weights, the settings and the calibration).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +30,18 @@ import torch
 from torch import Tensor, nn
 
 from .onnx_export import GRAPHS, INPUT_NAMES, OUTPUT_KEYS, export_onnx
+from .quantize import DEFAULT_SETTINGS, QuantizationSettings, quantize_graph
 
 log = logging.getLogger("cascadepsp")
 
 CACHE_FORMAT = "cascadepsp-openvino-1"
 MANIFEST = "manifest.json"
 ENTRY_FILES = tuple(graph + ext for graph in GRAPHS for ext in (".xml", ".bin"))  # each graph's IR, in an entry
+PRECISIONS = ("fp32", "bf16", "int8")
+_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 graphs run their unquantised parts in fp32
+
+# The inputs of each graph's network calls, recorded on calibration photos by an fp32 OpenVINOModel.
+Calibrate = Callable[[nn.Module], dict[str, list[dict[str, np.ndarray]]]]
 
 
 def _openvino() -> Any:
@@ -90,58 +101,125 @@ def _check_entry(entry: Path) -> str | None:
     return None
 
 
+def _publish(tmp: Path, entry: Path, manifest: dict[str, Any]) -> None:
+    """Record the SHA-256 of every IR file in ``tmp`` and rename it into place as ``entry``."""
+    files = {name: _sha256(tmp / name) for name in ENTRY_FILES}
+    manifest = {"format": CACHE_FORMAT, "files": files, "openvino": _openvino().__version__,
+                "torch": torch.__version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"), **manifest}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    if entry.exists():  # a stale or corrupt entry (checked by the caller), or another process won the race
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # another process renamed its finished entry into place first: use that one
+        if _check_entry(entry) is not None:
+            raise
+
+
+def _temporary_entry(entry: Path) -> Path:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+
+
 def build_entry(model: nn.Module, entry: Path) -> float:
     """Convert ``model`` into ``entry`` (written in a temp folder, then renamed into place); returns seconds."""
     ov = _openvino()
     t0 = time.perf_counter()
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    tmp = _temporary_entry(entry)
     try:
         for graph in GRAPHS:
             onnx_path = export_onnx(model, tmp / f"{graph}.onnx", graph)
             ov.save_model(ov.convert_model(str(onnx_path)), str(tmp / f"{graph}.xml"), compress_to_fp16=False)
             onnx_path.unlink()
-        files = {name: _sha256(tmp / name) for name in ENTRY_FILES}
-        manifest = {"format": CACHE_FORMAT, "files": files, "openvino": ov.__version__, "torch": torch.__version__,
-                    "config": repr(getattr(model, "config", None)), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if entry.exists():  # a stale or corrupt entry (checked by the caller), or another process won the race
-            shutil.rmtree(entry, ignore_errors=True)
-        try:
-            os.replace(tmp, entry)
-        except OSError:  # another process renamed its finished entry into place first: use that one
-            if _check_entry(entry) is not None:
-                raise
+        _publish(tmp, entry, {"precision": "fp32", "config": repr(getattr(model, "config", None))})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return time.perf_counter() - t0
 
 
+def build_int8_entry(fp32_entry: Path, entry: Path, inputs: dict[str, list[dict[str, np.ndarray]]],
+                     settings: QuantizationSettings = DEFAULT_SETTINGS) -> float:
+    """Quantise the graphs of ``fp32_entry`` with ``inputs`` (by graph) into ``entry``; returns seconds."""
+    ov = _openvino()
+    t0 = time.perf_counter()
+    tmp = _temporary_entry(entry)
+    try:
+        core = ov.Core()
+        for graph in GRAPHS:
+            quantised = quantize_graph(core.read_model(str(fp32_entry / f"{graph}.xml")), inputs[graph], settings)
+            ov.save_model(quantised, str(tmp / f"{graph}.xml"), compress_to_fp16=False)
+        counts = {graph: min(len(inputs[graph]), settings.max_samples) for graph in GRAPHS}
+        _publish(tmp, entry, {"precision": "int8", "from": fp32_entry.name, "quantization": settings.to_dict(),
+                              "calibration_inputs": counts})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return time.perf_counter() - t0
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin can run bf16 here (AVX-512 BF16 or AMX)."""
+    return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class OpenVINOModel(nn.Module):
-    """The refinement module compiled by OpenVINO for the CPU (fp32), called like the torch module.
+    """The refinement module compiled by OpenVINO for the CPU, called like the torch module.
 
     ``forward(x, seg)`` runs the global graph, ``forward(x, seg, inter_s8)`` the window graph; inputs are
-    padded to a multiple of 8 by the engines. ``conversion_seconds`` is 0.0 when the cache was warm."""
+    padded to a multiple of 8 by the engines. ``precision="int8"`` needs ``calibrate`` (called with this
+    module running fp32; returns the inputs to calibrate on) when its cache entry does not exist yet, and
+    ``calibration_id`` names those inputs in the entry's key. ``conversion_seconds`` (ONNX -> IR) and
+    ``quantization_seconds`` (calibration + NNCF) are 0.0 when the cache was warm."""
 
     def __init__(self, model: nn.Module, cache_dir: str | os.PathLike | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, precision: str = "fp32", calibrate: Calibrate | None = None,
+                 calibration_id: str = "", settings: QuantizationSettings = DEFAULT_SETTINGS) -> None:
         super().__init__()
-        ov = _openvino()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {'/'.join(PRECISIONS)}, got {precision!r}")
+        if precision == "bf16" and not cpu_has_bf16():
+            raise ValueError("precision: 'bf16' needs a CPU with bf16 instructions (AVX-512 BF16 or AMX); "
+                             "this one has none, use 'fp32'")
         self.config = getattr(model, "config", None)
+        self.precision = precision
+        self.threads = int(threads or torch.get_num_threads())
         root = Path(cache_dir) if cache_dir is not None else cache_root()
-        self.entry = root / cache_key(model)
-        self.conversion_seconds = 0.0
-        problem = _check_entry(self.entry) if self.entry.exists() else "absent"
+        key = cache_key(model)
+        tag = hashlib.sha256(json.dumps([settings.to_dict(), calibration_id]).encode()).hexdigest()[:12]
+        int8_entry = root / f"{key}-int8-{tag}"
+        if precision == "int8" and calibrate is None and (not int8_entry.exists() or _check_entry(int8_entry)):
+            raise ValueError(f"precision: 'int8' needs calibration inputs (calibrate=) to build {int8_entry.name}; "
+                             "Refiner(backend='openvino') supplies them")
+        self.entry = self._ready(root / key, lambda entry: build_entry(model, entry), "converting the model")
+        self.conversion_seconds, self.quantization_seconds = self._built, 0.0
+        self._compile(self.entry, "fp32" if precision == "int8" else precision)
+        if precision == "int8":
+            def quantise(entry: Path) -> float:
+                t0 = time.perf_counter()
+                inputs = calibrate(self)  # runs this module, compiled fp32 above
+                return time.perf_counter() - t0 + build_int8_entry(self.entry, entry, inputs, settings)
+
+            self.entry = self._ready(int8_entry, quantise, "quantising the model to int8")
+            self.quantization_seconds = self._built
+            self._compile(self.entry, precision)
+
+    def _ready(self, entry: Path, build: Callable[[Path], float], what: str) -> Path:
+        """``entry`` once it can be trusted: checked, else (re)built; sets ``_built`` to the seconds spent."""
+        self._built = 0.0
+        problem = _check_entry(entry) if entry.exists() else "absent"
         if problem is not None:
             if problem != "absent":
-                warnings.warn(f"openvino cache entry {self.entry} cannot be trusted ({problem}); rebuilding it",
-                              stacklevel=2)
-            log.info("converting the model for OpenVINO into %s (once per machine)", self.entry)
-            self.conversion_seconds = build_entry(model, self.entry)
+                warnings.warn(f"openvino cache entry {entry} cannot be trusted ({problem}); rebuilding it",
+                              stacklevel=3)
+            log.info("%s for OpenVINO into %s (once per machine)", what, entry)
+            self._built = build(entry)
+        return entry
+
+    def _compile(self, entry: Path, precision: str) -> None:
+        ov = _openvino()
         core = ov.Core()
-        props = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                 "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
-        self._compiled = {g: core.compile_model(core.read_model(str(self.entry / f"{g}.xml")), "CPU", props)
+        props = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                 "INFERENCE_NUM_THREADS": self.threads}
+        self._compiled = {g: core.compile_model(core.read_model(str(entry / f"{g}.xml")), "CPU", props)
                           for g in GRAPHS}
 
     def forward(self, x: Tensor, seg: Tensor, inter_s8: Tensor | None = None,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..deploy.openvino_runtime import PRECISIONS as OPENVINO_PRECISIONS
 from ..devices import resolve_device
 from ..io.inputs import check_same_size, mask_max, mask_size, to_binary_mask, to_rgb_uint8
 from ..weights.registry import create_model, load_model
@@ -122,16 +123,21 @@ def probability_to_uint8(prob: np.ndarray, threshold: float | None) -> np.ndarra
 
 def _openvino_model(model: nn.Module, device: torch.device, precision: str, compile: bool,
                     cache_dir: str | os.PathLike | None) -> nn.Module:
-    """The OpenVINO stand-in for ``model``, after refusing options that do not apply to it."""
+    """The OpenVINO stand-in for ``model`` at ``precision``, after refusing options that do not apply to it.
+
+    int8 is calibrated on the shipped calibration photos (:mod:`cascadepsp.inference.calibration`) the first
+    time a machine needs it; the entry is cached like the fp32 one."""
     if device.type != "cpu":
         raise ValueError(f"backend: 'openvino' runs on the CPU; got device {device} (use backend='torch')")
-    if precision not in ("auto", "fp32"):
-        raise ValueError(f"precision: backend='openvino' runs fp32; got {precision!r}")
+    if precision not in ("auto", *OPENVINO_PRECISIONS):
+        raise ValueError(f"precision: backend='openvino' runs {'/'.join(OPENVINO_PRECISIONS)}; got {precision!r}")
     if compile:
         raise ValueError("compile: torch.compile does not apply to backend='openvino'")
     from ..deploy.openvino_runtime import OpenVINOModel
+    from .calibration import calibration_id, record_inputs
 
-    return OpenVINOModel(model, cache_dir=cache_dir)
+    return OpenVINOModel(model, cache_dir=cache_dir, precision="fp32" if precision == "auto" else precision,
+                         calibrate=record_inputs, calibration_id=calibration_id())
 
 
 class Refiner:
@@ -172,6 +178,9 @@ class Refiner:
         if backend == "openvino":
             self.model = _openvino_model(self.model, self.device, precision, compile, cache_dir)
             channels_last = False  # the OpenVINO graph takes plain contiguous arrays
+            precision = "fp32"  # the engine's own arithmetic around the graph; the graph has its precision
+        elif precision == "int8":
+            raise ValueError("precision: 'int8' runs on backend='openvino' only")
         options = BatchedOptions(batch_size=batch_size, precision=precision, channels_last=channels_last,
                               compile=compile)
         # Only the batched engine gets a runner: it converts (our copy of) the model to channels_last, which

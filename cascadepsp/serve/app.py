@@ -76,7 +76,7 @@ def load_refiner(settings: ServeSettings) -> Any:
 
     torch.set_num_threads(settings.torch_threads())
     refiner = Refiner(device=settings.device, weights=settings.weights, engine=settings.engine,
-                      backend=settings.backend)
+                      backend=settings.backend, precision=settings.precision)
     if settings.warmup:
         image = np.zeros((96, 96, 3), np.uint8)
         mask = np.zeros((96, 96), np.uint8)
@@ -355,7 +355,7 @@ def create_app(refiner: Any = None, settings: ServeSettings | None = None, *,
         r = service.refiner
         return {
             "status": "ok" if r is not None else "loading", "version": __version__, "weights": settings.weights,
-            "backend": settings.backend, "engine": getattr(r, "engine", None),
+            "backend": settings.backend, "precision": settings.precision, "engine": getattr(r, "engine", None),
             "device": str(getattr(r, "device", None)), "threads": torch.get_num_threads(), "pid": os.getpid(),
             "uptime_s": round(time.time() - service.started, 1), "queue": service.queue.stats(),
             "limits": {"max_pixels": settings.max_pixels, "max_upload_mb": settings.max_upload_mb,

@@ -18,6 +18,7 @@ class ServeSettings:
     port: int = 8000
     weights: str = "default"
     backend: str = "torch"
+    precision: str = "auto"  # Refiner(precision=): fp32 / bf16 / fp16, int8 with the openvino backend
     device: str | None = None
     engine: str = "batched"
     max_pixels: int = 25_000_000  # per photo; the photo's header is checked before its pixels are decoded
@@ -45,6 +46,10 @@ class ServeSettings:
             raise ValueError(f"threads: expected a positive integer, got {self.threads!r}")
         if self.backend not in ("torch", "openvino"):
             raise ValueError(f"backend: expected 'torch' or 'openvino', got {self.backend!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
+            raise ValueError(f"precision: expected auto/fp32/bf16/fp16/int8, got {self.precision!r}")
+        if self.precision == "int8" and self.backend != "openvino":
+            raise ValueError("precision: 'int8' runs on backend 'openvino' only")
         if self.graceful_timeout < 0:
             raise ValueError(f"graceful_timeout: expected seconds >= 0, got {self.graceful_timeout!r}")
 

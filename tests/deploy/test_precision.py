@@ -1,0 +1,141 @@
+"""Lower precisions (issue 30): OpenVINO bf16 / int8 and torch bf16 against fp32 on a real photo, the int8
+cache entry (keyed apart from fp32, rebuilt when corrupt), calibration inputs, and the refusals."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import cascadepsp
+from cascadepsp.deploy.openvino_runtime import MANIFEST, OpenVINOModel, cpu_has_bf16
+from cascadepsp.evaluation.metrics import mask_iou
+from cascadepsp.inference import calibration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "davis"
+IOU_BOUND = 0.99  # issue 30: binarised output against fp32's on a real photo
+
+needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(single_thread):
+    yield
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return cascadepsp.load_model("default").float().eval()
+
+
+def photo(name: str = "parkour_00040", scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A DAVIS example frame (854x480) and its U2-Netp mask, optionally downscaled."""
+    im = cv2.cvtColor(cv2.imread(str(EXAMPLES / f"{name}_im.jpg")), cv2.COLOR_BGR2RGB)
+    seg = cv2.imread(str(EXAMPLES / f"{name}_seg.png"), cv2.IMREAD_GRAYSCALE)
+    size = (int(im.shape[1] * scale), int(im.shape[0] * scale))
+    return cv2.resize(im, size, interpolation=cv2.INTER_AREA), cv2.resize(seg, size) >= 128
+
+
+L = 400  # global step and windows smaller than the default 900: the same code paths at a fraction of the time
+
+
+def small_calibration(monkeypatch) -> None:
+    """Three shipped calibration pairs at their own size and L=400 (a global step and windows each)."""
+    pairs = calibration.calibration_pairs()[:3]
+    monkeypatch.setattr(calibration, "calibration_pairs", lambda folder=None: pairs)
+    monkeypatch.setattr(calibration, "CALIBRATION_SCALES", (1,))
+    monkeypatch.setattr(calibration, "CALIBRATION_L", L)
+    monkeypatch.setattr(calibration, "calibration_id", lambda folder=None: "three-pairs-for-tests")
+
+
+def binary_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return mask_iou(a >= 0.5, b >= 0.5)
+
+
+@pytest.fixture(scope="module")
+def int8_cache(openvino_default_cache, tmp_path_factory, default_model) -> Path:
+    """The session's fp32 conversion (conftest) plus the default weights' int8 entry, built once here."""
+    root = tmp_path_factory.mktemp("int8") / "cache"
+    shutil.copytree(openvino_default_cache, root)
+    with pytest.MonkeyPatch.context() as mp:
+        small_calibration(mp)
+        model = cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8",
+                                   cache_dir=root).model
+    assert model.conversion_seconds == 0.0 and model.quantization_seconds > 0  # fp32 reused, int8 built
+    return root
+
+
+def test_calibration_records_every_network_call_of_both_graphs(default_model):
+    name, rgb, mask = calibration.calibration_pairs()[0]
+    assert len(calibration.calibration_pairs()) >= 12 and rgb.shape[:2] == mask.shape and mask.any()
+    pair = [(name, cv2.resize(rgb, (214, 120)), cv2.resize(mask.astype(np.uint8), (214, 120)) > 0)]
+    calls = calibration.record_inputs(default_model, pair, scales=(1, 2), L=96)
+    # one global step per scale, and the 96x96 windows along the object's edge at both scales
+    assert len(calls["global"]) == 2 and len(calls["window"]) >= 4
+    first = calls["global"][0]
+    h, w = first["image"].shape[2:]
+    assert set(first) == {"image", "mask"} and first["image"].shape[:2] == (1, 3)
+    assert h % 8 == w % 8 == 0 and 96 <= w <= 104 and h < w  # long side L, padded to multiples of 8, as run
+    assert set(calls["window"][0]) == {"image", "mask", "inter_os4"}
+    assert first["mask"].min() == -1.0 and 0 < first["mask"].max() <= 1.0  # what the engine feeds: [-1, 1]
+    assert calibration.calibration_id() != calibration.calibration_id(EXAMPLES)
+
+
+@pytest.mark.parametrize("engine", ["batched", "reference"])
+def test_int8_agrees_with_fp32_on_a_real_photo(int8_cache, default_model, engine, monkeypatch):
+    small_calibration(monkeypatch)  # the calibration is part of the entry's key: the fixture's entry
+    im, seg = photo()
+    fp32 = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend="openvino",
+                              cache_dir=int8_cache)
+    int8 = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend="openvino",
+                              precision="int8", cache_dir=int8_cache)
+    assert int8.model.quantization_seconds == 0.0 and int8.model.entry != fp32.model.entry  # cached, apart
+    expected, got = fp32.refine_probability(im, seg, L=L), int8.refine_probability(im, seg, L=L)
+    assert binary_iou(got, expected) >= IOU_BOUND
+    assert not np.array_equal(got, expected)  # it really ran another graph
+
+
+@needs_bf16
+@pytest.mark.parametrize("backend", ["openvino", "torch"])
+def test_bf16_agrees_with_fp32_on_a_real_photo(int8_cache, default_model, backend):
+    im, seg = photo()
+    for engine in ("batched", "reference") if backend == "openvino" else ("batched",):
+        fp32 = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend=backend,
+                                  precision="fp32", cache_dir=int8_cache)
+        bf16 = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend=backend,
+                                  precision="bf16", cache_dir=int8_cache)
+        expected, got = fp32.refine_probability(im, seg, L=L), bf16.refine_probability(im, seg, L=L)
+        assert binary_iou(got, expected) >= IOU_BOUND, engine
+        assert not np.array_equal(got, expected), engine
+
+
+def test_a_corrupt_int8_entry_is_rebuilt(int8_cache, default_model, tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    shutil.copytree(int8_cache, root)
+    small_calibration(monkeypatch)
+    [entry] = [p for p in root.iterdir() if "-int8-" in p.name]
+    blob = entry / "global.bin"
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="global.bin does not match its recorded SHA-256"):
+        rebuilt = cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8",
+                                     cache_dir=root)
+    assert rebuilt.model.quantization_seconds > 0 and rebuilt.model.conversion_seconds == 0.0  # fp32 reused
+    assert '"precision": "int8"' in (entry / MANIFEST).read_text()
+    im, seg = photo(scale=0.3)
+    fresh = cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8",
+                               cache_dir=int8_cache)
+    np.testing.assert_array_equal(rebuilt.refine(im, seg, L=L), fresh.refine(im, seg, L=L))  # the same quantisation
+
+
+def test_precision_refusals(default_model, tmp_path):
+    with pytest.raises(ValueError, match="'int8' runs on backend='openvino' only"):
+        cascadepsp.Refiner(device="cpu", weights=default_model, precision="int8")
+    with pytest.raises(ValueError, match="precision: backend='openvino' runs fp32/bf16/int8; got 'fp16'"):
+        cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="fp16")
+    with pytest.raises(ValueError, match="needs calibration inputs"):
+        OpenVINOModel(default_model, cache_dir=tmp_path, precision="int8")
