@@ -179,7 +179,8 @@ def test_cache_key_follows_the_weights(small_model):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"backend": "tensorrt"}, "backend: expected 'torch' or 'openvino'"),
-    ({"backend": "openvino", "precision": "bf16"}, "backend='openvino' runs fp32"),
+    ({"backend": "openvino", "precision": "fp16"}, "backend='openvino' runs fp32/bf16/int8; got 'fp16'"),
+    ({"precision": "int8"}, "'int8' runs on backend='openvino' only"),
     ({"backend": "openvino", "compile": True}, "does not apply to backend='openvino'"),
 ])
 def test_bad_backend_options(small_model, kwargs, message):
