@@ -183,36 +183,44 @@ class OpenVINOModel(nn.Module):
         self.precision = precision
         self.threads = int(threads or torch.get_num_threads())
         root = Path(cache_dir) if cache_dir is not None else cache_root()
-        key = cache_key(model)
+        fp32_entry = root / cache_key(model)
+        self.conversion_seconds = self.quantization_seconds = 0.0
+
+        def convert(entry: Path) -> float:
+            return build_entry(model, entry)
+
+        if precision != "int8":
+            self.entry = fp32_entry
+            self.conversion_seconds = self._ensure(fp32_entry, convert, "converting the model")
+            self._compile(fp32_entry, precision)
+            return
+
+        def quantise(entry: Path) -> float:
+            """Only when the int8 entry must be built: the fp32 graphs, compiled, record the calibration."""
+            if calibrate is None:
+                raise ValueError(f"precision: 'int8' needs calibration inputs (calibrate=) to build {entry.name}; "
+                                 "Refiner(backend='openvino') supplies them")
+            self.conversion_seconds = self._ensure(fp32_entry, convert, "converting the model")
+            self._compile(fp32_entry, "fp32")
+            t0 = time.perf_counter()
+            inputs = calibrate(self)  # runs this module, compiled fp32 above
+            return time.perf_counter() - t0 + build_int8_entry(fp32_entry, entry, inputs, settings)
+
         tag = hashlib.sha256(json.dumps([settings.to_dict(), calibration_id]).encode()).hexdigest()[:12]
-        int8_entry = root / f"{key}-int8-{tag}"
-        if precision == "int8" and calibrate is None and (not int8_entry.exists() or _check_entry(int8_entry)):
-            raise ValueError(f"precision: 'int8' needs calibration inputs (calibrate=) to build {int8_entry.name}; "
-                             "Refiner(backend='openvino') supplies them")
-        self.entry = self._ready(root / key, lambda entry: build_entry(model, entry), "converting the model")
-        self.conversion_seconds, self.quantization_seconds = self._built, 0.0
-        self._compile(self.entry, "fp32" if precision == "int8" else precision)
-        if precision == "int8":
-            def quantise(entry: Path) -> float:
-                t0 = time.perf_counter()
-                inputs = calibrate(self)  # runs this module, compiled fp32 above
-                return time.perf_counter() - t0 + build_int8_entry(self.entry, entry, inputs, settings)
+        self.entry = root / f"{fp32_entry.name}-int8-{tag}"
+        self.quantization_seconds = self._ensure(self.entry, quantise, "quantising the model to int8")
+        self._compile(self.entry, precision)
 
-            self.entry = self._ready(int8_entry, quantise, "quantising the model to int8")
-            self.quantization_seconds = self._built
-            self._compile(self.entry, precision)
-
-    def _ready(self, entry: Path, build: Callable[[Path], float], what: str) -> Path:
-        """``entry`` once it can be trusted: checked, else (re)built; sets ``_built`` to the seconds spent."""
-        self._built = 0.0
+    @staticmethod
+    def _ensure(entry: Path, build: Callable[[Path], float], what: str) -> float:
+        """Make ``entry`` trustworthy: checked, else (re)built by ``build``; returns the seconds spent building."""
         problem = _check_entry(entry) if entry.exists() else "absent"
-        if problem is not None:
-            if problem != "absent":
-                warnings.warn(f"openvino cache entry {entry} cannot be trusted ({problem}); rebuilding it",
-                              stacklevel=3)
-            log.info("%s for OpenVINO into %s (once per machine)", what, entry)
-            self._built = build(entry)
-        return entry
+        if problem is None:
+            return 0.0
+        if problem != "absent":
+            warnings.warn(f"openvino cache entry {entry} cannot be trusted ({problem}); rebuilding it", stacklevel=3)
+        log.info("%s for OpenVINO into %s (once per machine)", what, entry)
+        return build(entry)
 
     def _compile(self, entry: Path, precision: str) -> None:
         ov = _openvino()

@@ -10,15 +10,12 @@ covariances), and whatever :class:`QuantizationSettings` ignores besides; the ch
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-log = logging.getLogger("cascadepsp")
 
 SETTINGS_VERSION = "int8-1"
 

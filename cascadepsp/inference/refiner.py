@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..deploy.openvino_runtime import PRECISIONS as OPENVINO_PRECISIONS
+from ..deploy.openvino_runtime import OpenVINOModel
 from ..devices import resolve_device
 from ..io.inputs import check_same_size, mask_max, mask_size, to_binary_mask, to_rgb_uint8
 from ..weights.registry import create_model, load_model
@@ -133,11 +134,12 @@ def _openvino_model(model: nn.Module, device: torch.device, precision: str, comp
         raise ValueError(f"precision: backend='openvino' runs {'/'.join(OPENVINO_PRECISIONS)}; got {precision!r}")
     if compile:
         raise ValueError("compile: torch.compile does not apply to backend='openvino'")
-    from ..deploy.openvino_runtime import OpenVINOModel
+    if precision != "int8":
+        return OpenVINOModel(model, cache_dir=cache_dir, precision="fp32" if precision == "auto" else precision)
     from .calibration import calibration_id, record_inputs
 
-    return OpenVINOModel(model, cache_dir=cache_dir, precision="fp32" if precision == "auto" else precision,
-                         calibrate=record_inputs, calibration_id=calibration_id())
+    return OpenVINOModel(model, cache_dir=cache_dir, precision="int8", calibrate=record_inputs,
+                         calibration_id=calibration_id())
 
 
 class Refiner:
