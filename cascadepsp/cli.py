@@ -107,10 +107,12 @@ def _add_refiner_options(p: argparse.ArgumentParser) -> None:
 
 def _add_backend_options(p: argparse.ArgumentParser) -> None:
     """--backend and --precision (refine, refine-coco, serve)."""
-    p.add_argument("--backend", choices=["torch", "openvino"], default="torch",
+    from .constants import BACKENDS, PRECISIONS
+
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (default) or openvino (CPU; needs cascadepsp[openvino]; converts once per machine "
                         "into $CASCADEPSP_HOME/openvino)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network precision. auto: bf16 on CUDA, fp32 on CPU; bf16 on a CPU needs bf16 "
                         "instructions; int8 needs --backend openvino and cascadepsp[int8] (quantised once per "
                         "machine); see the README's speed table")

@@ -1,4 +1,5 @@
-"""Numbers every part of both packages agrees on: the ImageNet input normalisation our networks take."""
+"""Values every part of both packages agrees on: the ImageNet input normalisation our networks take, and the
+backends and precisions a Refiner accepts (here, free of torch, so the CLI and the service check them cheaply)."""
 
 from __future__ import annotations
 
@@ -10,3 +11,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ENCODER_INPUT_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "timm-tf_efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
+
+BACKENDS = ("torch", "openvino")  # Refiner(backend=)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # Refiner(precision=); int8 with backend="openvino" only

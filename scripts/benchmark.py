@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cascadepsp.constants import PRECISIONS as REFINER_PRECISIONS
+
 SIZES = {"1k": (1024, 768), "2k": (2048, 1536), "4k": (4096, 3072), "8k": (8000, 6000), "12k": (12000, 9000),
          "8k_uhd": (7680, 4320), "16k_uhd": (15360, 8640)}
 
@@ -107,7 +109,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, int, float]:
 
 
 MODES = ("reference", "batched", "batched+compile", "openvino")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = tuple(p for p in REFINER_PRECISIONS if p != "auto")
 
 
 def mode_spec(text: str) -> str:

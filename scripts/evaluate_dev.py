@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cascadepsp.constants import BACKENDS, PRECISIONS
+from cascadepsp.deploy import quantize
+from cascadepsp.deploy.quantize import QuantizationSettings
 from cascadepsp.evaluation.baselines import BASELINES
 from cascadepsp.evaluation.evaluate import REFINER, evaluate_sets, find_triplets, format_sets_table
 from cascadepsp.inference.reference import confine_to_band
@@ -30,9 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("root", help="folder of dev sets (one sub-folder of <name>_im / _seg / _gt triplets per set)")
     p.add_argument("--weights", default="default")
     p.add_argument("--device", default=None)
-    p.add_argument("--backend", default="torch", choices=["torch", "openvino"])
-    p.add_argument("--precision", default="auto", help="Refiner precision: auto/fp32/bf16/fp16, int8 with openvino")
+    p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="Refiner precision (int8: openvino only)")
     p.add_argument("--threads", type=int, help="CPU threads (torch and OpenVINO)")
+    p.add_argument("--int8-settings", help="JSON of QuantizationSettings fields replacing the shipped ones "
+                                           "(candidates for cascadepsp/deploy/quantize.py, compared on dev)")
     p.add_argument("--sets", help="comma-separated set names (default: every sub-folder)")
     p.add_argument("--limit", type=int, help="at most N evenly spaced photos per set (quick comparisons)")
     p.add_argument("--bands", default="", help="comma-separated edit-band widths to try (fractions of (H+W)/2)")
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
+    if a.int8_settings:
+        quantize.DEFAULT_SETTINGS = QuantizationSettings.from_dict(json.loads(a.int8_settings))
     refiner = Refiner(device=a.device, weights=a.weights, backend=a.backend, precision=a.precision)
     methods = band_methods(refiner, [float(b) for b in a.bands.split(",") if b])
     for b in (x for x in a.baselines.split(",") if x):

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import quantize
 from .onnx_export import GRAPHS, INPUT_NAMES, OUTPUT_KEYS, export_onnx
 from .quantize import DEFAULT_SETTINGS, QuantizationSettings, quantize_graph
 
@@ -146,9 +147,11 @@ def build_int8_entry(fp32_entry: Path, entry: Path, inputs: dict[str, list[dict[
     try:
         core = ov.Core()
         for graph in GRAPHS:
-            quantised = quantize_graph(core.read_model(str(fp32_entry / f"{graph}.xml")), inputs[graph], settings)
-            ov.save_model(quantised, str(tmp / f"{graph}.xml"), compress_to_fp16=False)
-        counts = {graph: min(len(inputs[graph]), settings.max_samples) for graph in GRAPHS}
+            model = core.read_model(str(fp32_entry / f"{graph}.xml"))
+            if graph in settings.graphs:
+                model = quantize_graph(model, inputs[graph], settings)
+            ov.save_model(model, str(tmp / f"{graph}.xml"), compress_to_fp16=False)
+        counts = {graph: min(len(inputs[graph]), settings.max_samples) for graph in settings.graphs}
         _publish(tmp, entry, {"precision": "int8", "from": fp32_entry.name, "quantization": settings.to_dict(),
                               "calibration_inputs": counts})
     finally:
@@ -172,13 +175,14 @@ class OpenVINOModel(nn.Module):
 
     def __init__(self, model: nn.Module, cache_dir: str | os.PathLike | None = None,
                  threads: int | None = None, precision: str = "fp32", calibrate: Calibrate | None = None,
-                 calibration_id: str = "", settings: QuantizationSettings = DEFAULT_SETTINGS) -> None:
+                 calibration_id: str = "", settings: QuantizationSettings | None = None) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {'/'.join(PRECISIONS)}, got {precision!r}")
         if precision == "bf16" and not cpu_has_bf16():
             raise ValueError("precision: 'bf16' needs a CPU with bf16 instructions (AVX-512 BF16 or AMX); "
                              "this one has none, use 'fp32'")
+        settings = settings or quantize.DEFAULT_SETTINGS  # read at call time: scripts may set other settings
         self.config = getattr(model, "config", None)
         self.precision = precision
         self.threads = int(threads or torch.get_num_threads())

@@ -11,6 +11,7 @@ result as input.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -62,6 +63,14 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _read_only_view(array: np.ndarray) -> Tensor:
+    """A tensor sharing ``array``'s memory without a copy, also when it is read-only (a PIL image through
+    ``np.asarray``, a memory map): the engine only reads its inputs, so torch's warning does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def _global_inputs(image_u8: Tensor, mask: Tensor, L: int) -> tuple[Tensor, Tensor]:
@@ -130,8 +139,8 @@ class BatchedRunner:
     def refine(self, image: np.ndarray, mask: np.ndarray, L: int = 900, fast: bool = False) -> np.ndarray:
         """HxWx3 uint8 RGB + HxW bool -> HxW float32 foreground probability."""
         h, w = mask.shape
-        image_u8 = torch.from_numpy(image).to(self.device)
-        mask_t = torch.from_numpy(mask).to(self.device)
+        image_u8 = _read_only_view(image).to(self.device)
+        mask_t = _read_only_view(mask).to(self.device)
         small_im, small_seg = _global_inputs(image_u8, mask_t, L)
         del mask_t
         glob = self._forward(small_im, small_seg, None, ("pred_224", "pred_56_2"))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..constants import BACKENDS
 from ..deploy.openvino_runtime import PRECISIONS as OPENVINO_PRECISIONS
 from ..deploy.openvino_runtime import OpenVINOModel
 from ..devices import resolve_device
@@ -24,7 +25,6 @@ WeightsArg = str | os.PathLike | nn.Module | None
 
 
 ENGINES = ("batched", "reference")
-BACKENDS = ("torch", "openvino")
 
 
 def _resolve_model(weights: WeightsArg) -> nn.Module:
@@ -171,7 +171,7 @@ class Refiner:
         if engine not in ENGINES:
             raise ValueError(f"engine: expected 'batched' or 'reference', got {engine!r}")
         if backend not in BACKENDS:
-            raise ValueError(f"backend: expected 'torch' or 'openvino', got {backend!r}")
+            raise ValueError(f"backend: expected one of {'/'.join(BACKENDS)}, got {backend!r}")
         self.device = resolve_device(device)
         self.engine = engine
         self.backend = backend

@@ -7,6 +7,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from ..constants import BACKENDS, PRECISIONS
+
 SETTINGS_ENV = "CASCADEPSP_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
 
 
@@ -44,10 +46,10 @@ class ServeSettings:
             raise ValueError(f"max_upload_mb: expected a positive number, got {self.max_upload_mb!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads: expected a positive integer, got {self.threads!r}")
-        if self.backend not in ("torch", "openvino"):
-            raise ValueError(f"backend: expected 'torch' or 'openvino', got {self.backend!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
-            raise ValueError(f"precision: expected auto/fp32/bf16/fp16/int8, got {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {'/'.join(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {'/'.join(PRECISIONS)}, got {self.precision!r}")
         if self.precision == "int8" and self.backend != "openvino":
             raise ValueError("precision: 'int8' runs on backend 'openvino' only")
         if self.graceful_timeout < 0:

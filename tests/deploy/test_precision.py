@@ -3,6 +3,7 @@ cache entry (keyed apart from fp32, rebuilt when corrupt), calibration inputs, a
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import cascadepsp
 from cascadepsp.deploy import openvino_runtime
 from cascadepsp.deploy.openvino_runtime import OpenVINOModel, cpu_has_bf16
+from cascadepsp.deploy.quantize import QuantizationSettings
 from cascadepsp.evaluation.metrics import mask_iou
 from cascadepsp.inference import calibration
 
@@ -146,3 +148,36 @@ def test_int8_without_calibration_is_refused_before_any_work(default_model, tmp_
     with pytest.raises(ValueError, match="needs calibration inputs"):
         OpenVINOModel(default_model, cache_dir=tmp_path, precision="int8")
     assert not any(tmp_path.iterdir())  # refused before converting anything
+
+
+def test_settings_choose_the_graphs_nncf_quantises(openvino_default_cache, default_model, tmp_path, monkeypatch):
+    fp32_entry = openvino_default_cache / openvino_runtime.cache_key(default_model)
+    quantised = []
+
+    def record(model, inputs, settings):  # stands in for NNCF: which graph, with which feeds
+        quantised.append((sorted(p.get_any_name() for p in model.inputs), len(inputs)))
+        return model
+
+    monkeypatch.setattr(openvino_runtime, "quantize_graph", record)
+    feeds = {"global": [{}] * 3, "window": [{}] * 5}
+    target = tmp_path / "int8"
+    openvino_runtime.build_int8_entry(fp32_entry, target, feeds, QuantizationSettings(graphs=("window",)))
+    assert quantised == [(["image", "inter_os4", "mask"], 5)]  # the window graph only
+    manifest = json.loads((target / openvino_runtime.MANIFEST).read_text())
+    assert manifest["calibration_inputs"] == {"window": 5} and manifest["quantization"]["graphs"] == ["window"]
+    assert openvino_runtime._check_entry(target) is None  # both graphs published: global as fp32
+    quantised.clear()
+    both = QuantizationSettings(graphs=("global", "window"))
+    openvino_runtime.build_int8_entry(fp32_entry, tmp_path / "both", feeds, both)
+    assert [n for n, _ in quantised] == [["image", "mask"], ["image", "inter_os4", "mask"]]
+
+
+def test_quantization_settings_from_json():
+    shipped = QuantizationSettings()
+    assert QuantizationSettings.from_dict(json.loads(json.dumps(shipped.to_dict()))) == shipped
+    custom = QuantizationSettings.from_dict({"graphs": ["window"], "ignored_patterns": [".*/final_.*"]})
+    assert custom.graphs == ("window",) and custom.ignored_patterns == (".*/final_.*",)
+    with pytest.raises(ValueError, match="unknown keys \\['ignore'\\]"):
+        QuantizationSettings.from_dict({"ignore": []})
+    with pytest.raises(ValueError, match="graphs"):
+        QuantizationSettings(graphs=("encoder",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from conftest import make_scene
 
 from cascadepsp import Refiner
-from cascadepsp.inference.batched import BatchedOptions
+from cascadepsp.inference.batched import BatchedOptions, BatchedRunner
 from cascadepsp.inference.resize import bilinear_crop, bilinear_rows
 
 
@@ -116,3 +117,16 @@ def test_old_engine_spelling_says_the_new_name(small_model):
         Refiner(device="cpu", weights=small_model, mode="fast")
     with pytest.raises(ValueError, match="engine"):
         Refiner(device="cpu", weights=small_model, engine="fast")
+
+
+def test_read_only_inputs_are_used_in_place_without_a_warning(small_model):
+    image, mask = make_scene(70, 90, seed=3)
+    image.setflags(write=False)  # as np.asarray gives a PIL image (the calibration photos), or a read-only map
+    mask.setflags(write=False)
+    before = image.copy(), mask.copy()
+    runner = BatchedRunner(small_model, torch.device("cpu"), BatchedOptions(precision="fp32"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns about tensors made from read-only arrays
+        out = runner.refine(image, mask, L=96)
+    assert out.shape == mask.shape
+    assert np.array_equal(image, before[0]) and np.array_equal(mask, before[1])  # inputs untouched
