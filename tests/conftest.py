@@ -5,6 +5,7 @@ Tests are flat files named by area (see the README's Layout); ``-m "not slow"`` 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,17 @@ def openvino_default_cache(tmp_path_factory) -> Path:
     model = cascadepsp.load_model("default").float().eval()
     assert build_entry(model, root / cache_key(model)) > 0  # a cold cache converts
     return root
+
+
+def republish_entry(source: Path, entry: Path, precision: str) -> float:
+    """Stand-in for an OpenVINO build: publish a copy of a cache entry the real build wrote (``source``) as
+    ``entry``, the way a fresh build is published (manifest with SHA-256s, renamed into place)."""
+    from cascadepsp.deploy import openvino_runtime
+
+    tmp = entry.parent / ".fresh"
+    shutil.copytree(source, tmp)
+    openvino_runtime._publish(tmp, entry, {"precision": precision})
+    return 0.5
 
 
 def make_scene(h: int = 96, w: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

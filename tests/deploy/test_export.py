@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import republish_entry
 
 import cascadepsp
 from cascadepsp.cli import main
@@ -147,10 +148,7 @@ def test_corrupt_or_stale_cache_entries_are_rebuilt(warm_cache, default_model, t
 
     def convert(model, where):
         rebuilds.append((model, where))
-        tmp = where.parent / ".fresh"
-        shutil.copytree(warm_cache / where.name, tmp)
-        openvino_runtime._publish(tmp, where, {"precision": "fp32"})
-        return 0.5
+        return republish_entry(warm_cache / where.name, where, "fp32")
 
     monkeypatch.setattr(openvino_runtime, "build_entry", convert)
     with pytest.warns(UserWarning, match="does not match its recorded SHA-256"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import republish_entry
 
 import cascadepsp
 from cascadepsp.deploy import openvino_runtime
@@ -128,10 +129,7 @@ def test_a_corrupt_int8_entry_is_rebuilt(int8_cache, default_model, tmp_path, mo
 
     def quantise(fp32_entry, target, inputs, settings):
         requests.append((fp32_entry.name, target.name, {g: len(v) for g, v in inputs.items()}))
-        tmp = target.parent / ".fresh"
-        shutil.copytree(int8_cache / target.name, tmp)
-        openvino_runtime._publish(tmp, target, {"precision": "int8"})
-        return 0.5
+        return republish_entry(int8_cache / target.name, target, "int8")
 
     monkeypatch.setattr(openvino_runtime, "build_int8_entry", quantise)
     with pytest.warns(UserWarning, match="global.bin does not match its recorded SHA-256"):
