@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from . import quantize
 from .onnx_export import GRAPHS, INPUT_NAMES, OUTPUT_KEYS, export_onnx
-from .quantize import DEFAULT_SETTINGS, QuantizationSettings, quantize_graph
+from .quantize import QuantizationSettings, quantize_graph
 
 log = logging.getLogger("cascadepsp")
 
@@ -139,8 +139,9 @@ def build_entry(model: nn.Module, entry: Path) -> float:
 
 
 def build_int8_entry(fp32_entry: Path, entry: Path, inputs: dict[str, list[dict[str, np.ndarray]]],
-                     settings: QuantizationSettings = DEFAULT_SETTINGS) -> float:
-    """Quantise the graphs of ``fp32_entry`` with ``inputs`` (by graph) into ``entry``; returns seconds."""
+                     settings: QuantizationSettings) -> float:
+    """Quantise the graphs of ``fp32_entry`` that ``settings.graphs`` names with ``inputs`` (by graph) into
+    ``entry``, the others copied as they are; returns seconds."""
     ov = _openvino()
     t0 = time.perf_counter()
     tmp = _temporary_entry(entry)

@@ -61,8 +61,7 @@ def _nncf() -> Any:
     return nncf
 
 
-def quantize_graph(model: Any, inputs: Sequence[dict[str, np.ndarray]],
-                   settings: QuantizationSettings = DEFAULT_SETTINGS) -> Any:
+def quantize_graph(model: Any, inputs: Sequence[dict[str, np.ndarray]], settings: QuantizationSettings) -> Any:
     """An int8 copy of the OpenVINO ``model`` calibrated on ``inputs`` (feeds by input name, any float dtype)."""
     nncf = _nncf()
     if not inputs:
