@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--keep-weight", type=float, default=d.keep_weight,
                    help="do no harm: extra loss weight of pixels the coarse mask had right near its edge (0: off)")
     g.add_argument("--keep-radius", type=int, default=d.keep_radius, help="keep band radius around the coarse edge, px")
+    g.add_argument("--keep-min-iou", type=float, default=d.keep_min_iou,
+                   help="apply the keep weight only to crops whose coarse mask has at least this IoU with the GT")
     g.add_argument("--guided-lr-scale", type=float, default=d.guided_lr_scale,
                    help="learning-rate multiplier of the guided output stage (presets with guided_radius > 0)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -112,7 +114,7 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
         validate_on=a.validate_on, real_coarse_sources=tuple(a.real_coarse_sources), davis_n_dev=a.davis_n_dev,
         human_seg_dev_fraction=a.human_seg_dev_fraction,
         boundary_weight=a.boundary_weight, boundary_radius=a.boundary_radius,
-        keep_weight=a.keep_weight, keep_radius=a.keep_radius,
+        keep_weight=a.keep_weight, keep_radius=a.keep_radius, keep_min_iou=a.keep_min_iou,
         guided_lr_scale=a.guided_lr_scale, human_seg=a.human_seg, davis=a.davis, duts=a.duts,
         duts_repeat=a.duts_repeat, davis_train=a.davis_train,
         backgrounds=a.backgrounds,

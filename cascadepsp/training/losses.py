@@ -82,10 +82,21 @@ def keep_mask(coarse: Tensor, gt_bin: Tensor, radius: int) -> Tensor:
     return boundary_band(coarse_bin, radius) * (coarse_bin == gt_bin).float()
 
 
+def good_coarse_samples(coarse: Tensor, gt_bin: Tensor, min_iou: float) -> Tensor:
+    """(B,1,1,1) 1 for the samples whose binarised coarse mask has IoU >= ``min_iou`` with the GT, else 0: the
+    inputs a refiner should leave (nearly) alone; an empty union counts as IoU 1."""
+    coarse_bin = coarse > 0.5
+    gt = gt_bin > 0.5
+    inter = (coarse_bin & gt).flatten(1).sum(1).float()
+    union = (coarse_bin | gt).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return (iou >= min_iou).float().view(-1, 1, 1, 1)
+
+
 def refinement_loss(out: dict[str, Tensor], gt: Tensor, weights: LossWeights = LossWeights(),
                     boundary_weight: float = 0.0, boundary_radius: int = 5,
                     coarse: Tensor | None = None, keep_weight: float = 0.0, keep_radius: int = 12,
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
+                    keep_min_iou: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """Total weighted loss over the six output slots, and a dict of its unweighted parts (detached
     0-d tensors, so logging costs no device sync until read) for logging.
 
@@ -94,6 +105,9 @@ def refinement_loss(out: dict[str, Tensor], gt: Tensor, weights: LossWeights = L
     ``boundary_weight`` > 0 weights the CE / L1 / L2 terms of pixels within ``boundary_radius`` of the GT
     boundary by ``1 + boundary_weight`` (a weighted mean, so the loss keeps its scale): the interior of a
     residual-output network's prediction is already right, the boundary is where the work is.
+    ``keep_weight`` > 0 adds that weight to the pixels the ``coarse`` mask had right near its edge (do no
+    harm), only in the samples whose coarse IoU with the GT is at least ``keep_min_iou`` (0: every sample):
+    a good mask's right edge should stay, a bad mask's may need a bold move.
     """
     if gt.dim() != 4 or gt.shape[1] != 1:
         raise ValueError(f"gt: expected a (B,1,H,W) tensor, got shape {tuple(gt.shape)}")
@@ -101,6 +115,8 @@ def refinement_loss(out: dict[str, Tensor], gt: Tensor, weights: LossWeights = L
         raise ValueError(f"boundary_weight: expected >= 0, got {boundary_weight}")
     if keep_weight < 0:
         raise ValueError(f"keep_weight: expected >= 0, got {keep_weight}")
+    if not 0.0 <= keep_min_iou <= 1.0:
+        raise ValueError(f"keep_min_iou: expected a value in [0, 1], got {keep_min_iou}")
     if keep_weight and (coarse is None or coarse.shape != gt.shape):
         raise ValueError(f"coarse: keep_weight needs a coarse mask of the GT's shape {tuple(gt.shape)}, got "
                          f"{None if coarse is None else tuple(coarse.shape)}")
@@ -109,11 +125,16 @@ def refinement_loss(out: dict[str, Tensor], gt: Tensor, weights: LossWeights = L
     pix_w = None
     if boundary_weight:
         pix_w = 1.0 + boundary_weight * boundary_band(gt_bin, boundary_radius)
+    parts: dict[str, Tensor] = {}
     if keep_weight:
-        pix_w = (1.0 if pix_w is None else pix_w) + keep_weight * keep_mask(coarse.float(), gt_bin, keep_radius)
+        keep = keep_mask(coarse.float(), gt_bin, keep_radius)
+        if keep_min_iou > 0:
+            gate = good_coarse_samples(coarse.float(), gt_bin, keep_min_iou)
+            keep = keep * gate
+            parts["keep_share"] = gate.mean().detach()  # share of the batch the keep term applied to
+        pix_w = (1.0 if pix_w is None else pix_w) + keep_weight * keep
     w = weights.to_dict()
     total = gt.new_zeros(())
-    parts: dict[str, Tensor] = {}
     for slot, key in _SLOTS:
         logits_key, pred_key = "out_" + key, "pred_" + key
         if logits_key not in out:

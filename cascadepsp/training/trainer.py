@@ -106,6 +106,7 @@ class TrainConfig(JsonConfig):
     # do no harm: extra weight of pixels the coarse input had right within keep_radius of its edge (0: off)
     keep_weight: float = 0.0
     keep_radius: int = 12
+    keep_min_iou: float = 0.0  # the keep weight applies only to samples whose coarse IoU >= this (0: all)
     # learning-rate multiplier of the guided output stage (its gate bias and regulariser start far from where
     # they end up, and Adam moves a parameter by about lr per step); 1 keeps one parameter group
     guided_lr_scale: float = 1.0
@@ -385,7 +386,8 @@ class Trainer:
         model's coarse input in [-1, 1]."""
         c = self.cfg
         return refinement_loss(out, gt, c.loss_weights, c.boundary_weight, c.boundary_radius,
-                               coarse=(seg + 1) / 2, keep_weight=c.keep_weight, keep_radius=c.keep_radius)
+                               coarse=(seg + 1) / 2, keep_weight=c.keep_weight, keep_radius=c.keep_radius,
+                               keep_min_iou=c.keep_min_iou)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimisation step on a batch; returns the loss parts, grad norm and lr used."""
@@ -424,7 +426,8 @@ class Trainer:
 
     def _log_columns(self) -> dict[str, Any]:
         """An empty row with every column, so the CSV header is fixed from the first write."""
-        cols: dict[str, Any] = dict.fromkeys(["step", "epoch", "lr", *LOSS_PARTS, "grad_norm", "skipped",
+        gated = ["keep_share"] if self.cfg.keep_weight and self.cfg.keep_min_iou > 0 else []
+        cols: dict[str, Any] = dict.fromkeys(["step", "epoch", "lr", *LOSS_PARTS, *gated, "grad_norm", "skipped",
                                               "sec_per_it", "data_sec_per_it", "elapsed"], "")
         for name in self.data.val_examples:
             for kind in ("synthetic", "real"):

@@ -178,3 +178,29 @@ def test_keep_weight_makes_flipping_a_right_edge_cost_more():
         refinement_loss(out, gt, keep_weight=1.0)
     with pytest.raises(ValueError, match="keep_weight"):
         refinement_loss(out, gt, coarse=coarse, keep_weight=-1.0)
+
+
+def test_keep_min_iou_protects_good_coarse_masks_only():
+    gt = disk_gt()
+    good = gt.clone()  # a right coarse mask: the keep term applies
+    bad = torch.zeros_like(gt)
+    bad[..., 2:8, 2:8] = 1  # a coarse mask far from the GT: the keep term is off
+    harmed = gt.clone()
+    harmed[..., 10:22, 4:9] = 0
+    out = outputs_from_probs({k: harmed for k in KEYS})
+    plain, _ = refinement_loss(out, gt)
+    gated_good, parts = refinement_loss(out, gt, coarse=good, keep_weight=4.0, keep_radius=6, keep_min_iou=0.8)
+    ungated_good, _ = refinement_loss(out, gt, coarse=good, keep_weight=4.0, keep_radius=6)
+    assert float(gated_good) == pytest.approx(float(ungated_good))
+    assert float(parts["keep_share"]) == 1.0
+    gated_bad, parts = refinement_loss(out, gt, coarse=bad, keep_weight=4.0, keep_radius=6, keep_min_iou=0.8)
+    assert float(gated_bad) == pytest.approx(float(plain))  # the bad mask's few right pixels get no extra weight
+    assert float(parts["keep_share"]) == 0.0
+    ungated_bad, _ = refinement_loss(out, gt, coarse=bad, keep_weight=4.0, keep_radius=6)
+    assert float(ungated_bad) != pytest.approx(float(plain))  # without the gate they do
+    both, parts = refinement_loss(outputs_from_probs({k: torch.cat([harmed, harmed]) for k in KEYS}),
+                                  torch.cat([gt, gt]), coarse=torch.cat([good, bad]), keep_weight=4.0,
+                                  keep_radius=6, keep_min_iou=0.8)
+    assert float(parts["keep_share"]) == 0.5
+    with pytest.raises(ValueError, match="keep_min_iou"):
+        refinement_loss(out, gt, coarse=good, keep_weight=1.0, keep_min_iou=1.5)
