@@ -35,7 +35,7 @@ from .quantize import QuantizationSettings, quantize_graph
 
 log = logging.getLogger("cascadepsp")
 
-CACHE_FORMAT = "cascadepsp-openvino-1"
+CACHE_FORMAT = "cascadepsp-openvino-2"  # bump when the converted graphs change (2: box filter by window sums)
 MANIFEST = "manifest.json"
 ENTRY_FILES = tuple(graph + ext for graph in GRAPHS for ext in (".xml", ".bin"))  # each graph's IR, in an entry
 PRECISIONS = ("fp32", "bf16", "int8")

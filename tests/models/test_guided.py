@@ -93,3 +93,17 @@ def test_guided_preset_runs_and_round_trips(tmp_path):
     assert loaded.config == model.config
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, seg)["pred_224"], out["pred_224"])
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 4, 7, 40])
+def test_box_mean_equals_average_pooling_over_the_inside_pixels(radius):
+    # window sums must give the windowed mean of excluded-padding average pooling, also for radii wider
+    # than the image and for maps far from zero
+    x = torch.rand(2, 3, 37, 52) * 4.0 + 100.0
+    h, w = x.shape[-2:]
+    exact = torch.empty_like(x, dtype=torch.float64)
+    for i in range(h):
+        for j in range(w):
+            exact[..., i, j] = x.double()[..., max(0, i - radius):i + radius + 1,
+                                          max(0, j - radius):j + radius + 1].mean(dim=(-2, -1))
+    torch.testing.assert_close(box_mean(x, radius).double(), exact, atol=2e-4, rtol=0)
