@@ -41,8 +41,8 @@ ENTRY_FILES = tuple(graph + ext for graph in GRAPHS for ext in (".xml", ".bin"))
 PRECISIONS = ("fp32", "bf16", "int8")
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 graphs run their unquantised parts in fp32
 
-# The inputs of each graph's network calls, recorded on calibration photos by an fp32 OpenVINOModel.
-Calibrate = Callable[[nn.Module], dict[str, list[dict[str, np.ndarray]]]]
+# The inputs of the named graphs' network calls, recorded on calibration photos by an fp32 OpenVINOModel.
+Calibrate = Callable[..., dict[str, list[dict[str, np.ndarray]]]]  # calibrate(model, graphs=(...))
 
 
 def _openvino() -> Any:
@@ -170,8 +170,8 @@ class OpenVINOModel(nn.Module):
 
     ``forward(x, seg)`` runs the global graph, ``forward(x, seg, inter_s8)`` the window graph; inputs are
     padded to a multiple of 8 by the engines. ``precision="int8"`` needs ``calibrate`` (called with this
-    module running fp32; returns the inputs to calibrate on) when its cache entry does not exist yet, and
-    ``calibration_id`` names those inputs in the entry's key. ``conversion_seconds`` (ONNX -> IR) and
+    module running fp32 and ``graphs=`` the graphs to quantise; returns their inputs to calibrate on) when its
+    cache entry does not exist yet, and ``calibration_id`` names those inputs in the entry's key. ``conversion_seconds`` (ONNX -> IR) and
     ``quantization_seconds`` (calibration + NNCF) are 0.0 when the cache was warm."""
 
     def __init__(self, model: nn.Module, cache_dir: str | os.PathLike | None = None,
@@ -208,7 +208,7 @@ class OpenVINOModel(nn.Module):
             self.conversion_seconds = self._ensure(fp32_entry, convert, "converting the model")
             self._compile(fp32_entry, "fp32")
             t0 = time.perf_counter()
-            inputs = calibrate(self)  # runs this module, compiled fp32 above
+            inputs = calibrate(self, graphs=settings.graphs)  # runs this module, compiled fp32 above
             return time.perf_counter() - t0 + build_int8_entry(fp32_entry, entry, inputs, settings)
 
         tag = hashlib.sha256(json.dumps([settings.to_dict(), calibration_id]).encode()).hexdigest()[:12]

@@ -53,29 +53,34 @@ def calibration_id(folder: PathLike | None = None) -> str:
 
 
 class _Recorder(nn.Module):
-    """Calls ``model`` and keeps each call's inputs (float16 to halve their memory), by graph."""
+    """Calls ``model`` and keeps each call's inputs (float16 to halve their memory) for the graphs in ``graphs``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, graphs: Sequence[str]) -> None:
         super().__init__()
         self.model = model
-        self.calls: dict[str, list[Feed]] = {"global": [], "window": []}
+        self.calls: dict[str, list[Feed]] = {graph: [] for graph in graphs}
 
     def forward(self, x: Tensor, seg: Tensor, inter_s8: Tensor | None = None,
                 inter_s4: Tensor | None = None) -> dict[str, Tensor]:
         graph = "global" if inter_s8 is None else "window"
         tensors = (x, seg) if inter_s8 is None else (x, seg, inter_s8)
-        for i in range(x.shape[0]):
+        for i in range(x.shape[0] if graph in self.calls else 0):
             self.calls[graph].append({name: t[i:i + 1].detach().cpu().numpy().astype(np.float16)
                                       for name, t in zip(INPUT_NAMES[graph], tensors, strict=True)})
         return self.model(x, seg, inter_s8, inter_s4)
 
 
 def record_inputs(model: nn.Module, pairs: Sequence[tuple[str, np.ndarray, np.ndarray]] | None = None,
-                  scales: Sequence[int] | None = None, L: int | None = None) -> dict[str, list[Feed]]:
+                  scales: Sequence[int] | None = None, L: int | None = None,
+                  graphs: Sequence[str] = ("global", "window")) -> dict[str, list[Feed]]:
     """Refine every calibration pair (default: the shipped ones) with ``model`` (fp32, CPU) at each scale
     (default ``CALIBRATION_SCALES``) and ``L`` (default ``CALIBRATION_L``); the inputs of every network call,
-    by graph (``global`` / ``window``), as the exported graphs name them."""
-    recorder = _Recorder(model)
+    by graph (``global`` / ``window``), as the exported graphs name them. Only the ``graphs`` to be
+    quantised are kept (every call still runs: the global step makes the windows)."""
+    unknown = set(graphs) - set(INPUT_NAMES)
+    if unknown:
+        raise ValueError(f"graphs: expected names among {sorted(INPUT_NAMES)}, got {sorted(unknown)}")
+    recorder = _Recorder(model, graphs)
     runner = BatchedRunner(recorder, torch.device("cpu"), BatchedOptions(precision="fp32", channels_last=False))
     L = CALIBRATION_L if L is None else L
     for _, rgb, mask in calibration_pairs() if pairs is None else pairs:
