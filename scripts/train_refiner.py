@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--lowres-prob", type=float, default=d.augment.lowres_prob,
                    help="share of synthetic coarse masks made like a low-resolution segmenter's (smooth, a few "
                         "px off; cascadepsp.training.perturb.lowres_mask) instead of the original's polygon/morphology")
+    g.add_argument("--real-coarse-min-iou", type=float, default=d.augment.real_coarse_min_iou,
+                   help="a real coarse mask with less IoU than this with the GT is replaced by a synthetic one")
+    g.add_argument("--perturb-iou", type=float, nargs=2, metavar=("LO", "HI"),
+                   default=list(d.augment.perturb.iou_range),
+                   help="target IoU range of the synthetic perturbation (the original's 0.8 1.0; lower for the "
+                        "weak masks of a poor segmenter)")
     g.add_argument("--real-coarse-sources", nargs="+", default=list(d.real_coarse_sources),
                    choices=SOURCES, help="sources whose real masks may be used as coarse input")
     g.add_argument("--davis-n-dev", type=int, default=d.davis_n_dev,
@@ -129,7 +135,8 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
                           augment__brightness=a.brightness, augment__contrast=a.contrast,
                           augment__saturation=a.saturation, augment__real_coarse_prob=a.real_coarse_prob,
                           augment__lowres_prob=a.lowres_prob, augment__global_view_prob=a.global_view_prob,
-                          augment__global_L=a.global_L)
+                          augment__global_L=a.global_L, augment__real_coarse_min_iou=a.real_coarse_min_iou,
+                          augment__perturb=dataclasses.replace(cfg.augment.perturb, iou_range=tuple(a.perturb_iou)))
 
 
 def main(argv: list[str] | None = None) -> int:

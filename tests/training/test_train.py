@@ -200,6 +200,12 @@ def test_script_trains_and_resumes(folder, tmp_path, capsys):
         return build_data(script.build_config(script.parse_args([*args, "--human-seg-dev-fraction", fraction])))
 
     held, final = data_with_dev_fraction("0.2").summary["human_seg"], data_with_dev_fraction("0")
+    # the weak-mask knobs reach the augmentation config (defaults: the original's perturbation)
+    weak = script.build_config(script.parse_args([*args, "--perturb-iou", "0.5", "0.9", "--real-coarse-min-iou",
+                                                  "0.3", "--keep-weight", "2", "--keep-min-iou", "0.85"]))
+    assert weak.augment.perturb.iou_range == (0.5, 0.9) and weak.augment.real_coarse_min_iou == 0.3
+    assert weak.keep_min_iou == 0.85
+    assert script.build_config(script.parse_args(args)).augment.perturb.iou_range == (0.8, 1.0)
     assert held["dev"] == 1 and final.summary["human_seg"]["dev"] == 0
     assert final.summary["human_seg"]["train"] == held["train"] + 1 == len(final.train)
 
