@@ -142,7 +142,8 @@ def test_a_corrupt_int8_entry_is_rebuilt(int8_cache, default_model, tmp_path, mo
                                      cache_dir=root)
     [(source, target, counts)] = requests
     assert (source, target) == (entry.name.split("-int8-")[0], entry.name)  # from the fp32 entry, into the same
-    assert counts["global"] == 1 and counts["window"] >= 1  # recorded through the fp32 graphs: both seen
+    assert set(counts) == {"window"} and counts["window"] >= 1  # recorded through the fp32 graphs: only the
+    # graph int8-2 quantises is kept
     assert rebuilt.model.quantization_seconds > 0.5 and rebuilt.model.conversion_seconds == 0.0  # fp32 reused
     assert openvino_runtime._check_entry(entry) is None and rebuilt.model.entry == entry  # trusted, in use
 
