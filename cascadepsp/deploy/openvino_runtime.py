@@ -171,8 +171,9 @@ class OpenVINOModel(nn.Module):
     ``forward(x, seg)`` runs the global graph, ``forward(x, seg, inter_s8)`` the window graph; inputs are
     padded to a multiple of 8 by the engines. ``precision="int8"`` needs ``calibrate`` (called with this
     module running fp32 and ``graphs=`` the graphs to quantise; returns their inputs to calibrate on) when its
-    cache entry does not exist yet, and ``calibration_id`` names those inputs in the entry's key. ``conversion_seconds`` (ONNX -> IR) and
-    ``quantization_seconds`` (calibration + NNCF) are 0.0 when the cache was warm."""
+    cache entry does not exist yet, and ``calibration_id`` names those inputs in the entry's key.
+    ``conversion_seconds`` (ONNX -> IR) and ``quantization_seconds`` (calibration + NNCF) are 0.0 when the
+    cache was warm."""
 
     def __init__(self, model: nn.Module, cache_dir: str | os.PathLike | None = None,
                  threads: int | None = None, precision: str = "fp32", calibrate: Calibrate | None = None,
