@@ -4,7 +4,8 @@ The statistics come from what the inference engines really feed the network (rec
 :func:`cascadepsp.inference.calibration.record_inputs` on the shipped calibration photos). Some parts stay in
 floating point because int8 breaks them: the global graph (its cascaded passes compound the error on weak
 masks), the trainable guided filter (products and quotients of local covariances) and the output heads; the
-choice was made on dev (docs/performance.md). ``SETTINGS_VERSION`` keys the cache, so a change here rebuilds every int8 entry.
+choice was made on dev (docs/performance.md). ``SETTINGS_VERSION`` keys the cache, so a change here rebuilds
+every int8 entry.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .onnx_export import GRAPHS
 
 SETTINGS_VERSION = "int8-2"
 
@@ -34,8 +37,8 @@ class QuantizationSettings:
     max_samples: int = 300  # calibration inputs used per graph (all of them when fewer)
 
     def __post_init__(self) -> None:
-        if not self.graphs or not set(self.graphs) <= {"global", "window"}:
-            raise ValueError(f"graphs: expected a non-empty subset of ('global', 'window'), got {self.graphs!r}")
+        if not self.graphs or not set(self.graphs) <= set(GRAPHS):
+            raise ValueError(f"graphs: expected a non-empty subset of {GRAPHS!r}, got {self.graphs!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": SETTINGS_VERSION, **dataclasses.asdict(self)}

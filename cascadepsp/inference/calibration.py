@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..deploy.onnx_export import INPUT_NAMES
+from ..deploy.onnx_export import GRAPHS, INPUT_NAMES
 from ..io.images import PathLike, read_binary, read_rgb
 from .batched import BatchedOptions, BatchedRunner
 
@@ -64,7 +64,7 @@ class _Recorder(nn.Module):
                 inter_s4: Tensor | None = None) -> dict[str, Tensor]:
         graph = "global" if inter_s8 is None else "window"
         tensors = (x, seg) if inter_s8 is None else (x, seg, inter_s8)
-        for i in range(x.shape[0] if graph in self.calls else 0):
+        for i in range(x.shape[0]) if graph in self.calls else ():
             self.calls[graph].append({name: t[i:i + 1].detach().cpu().numpy().astype(np.float16)
                                       for name, t in zip(INPUT_NAMES[graph], tensors, strict=True)})
         return self.model(x, seg, inter_s8, inter_s4)
@@ -77,9 +77,9 @@ def record_inputs(model: nn.Module, pairs: Sequence[tuple[str, np.ndarray, np.nd
     (default ``CALIBRATION_SCALES``) and ``L`` (default ``CALIBRATION_L``); the inputs of every network call,
     by graph (``global`` / ``window``), as the exported graphs name them. Only the ``graphs`` to be
     quantised are kept (every call still runs: the global step makes the windows)."""
-    unknown = set(graphs) - set(INPUT_NAMES)
+    unknown = set(graphs) - set(GRAPHS)
     if unknown:
-        raise ValueError(f"graphs: expected names among {sorted(INPUT_NAMES)}, got {sorted(unknown)}")
+        raise ValueError(f"graphs: expected names among {GRAPHS}, got {sorted(unknown)}")
     recorder = _Recorder(model, graphs)
     runner = BatchedRunner(recorder, torch.device("cpu"), BatchedOptions(precision="fp32", channels_last=False))
     L = CALIBRATION_L if L is None else L

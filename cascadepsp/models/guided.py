@@ -22,9 +22,9 @@ _PROB_EPS = 1e-6
 
 def box_mean(x: Tensor, radius: int) -> Tensor:
     """Mean over the (2r+1)^2 window around each pixel of a (B,C,H,W) map, counting only pixels inside the
-    image. Window sums by doubling (sums of 2, 4, 8 ... neighbours, O(log r) adds per axis) run 1.6-2.8x faster
-    than average pooling on CPU in torch and OpenVINO (docs/performance.md), and add as few terms as pooling does (no running-sum
-    drift)."""
+    image. Window sums by doubling (sums of 2, 4, 8 ... neighbours, O(log r) adds per axis) run 1.6-2.8x
+    faster than average pooling on CPU in torch and OpenVINO (docs/performance.md) and add as few terms as
+    pooling does (no running-sum drift)."""
     h, w = x.shape[-2:]
     sums = _window_sums(_window_sums(x, radius, 3), radius, 2)
     return sums / (_window_counts(h, radius, x).view(1, 1, h, 1) * _window_counts(w, radius, x).view(1, 1, 1, w))
