@@ -76,7 +76,7 @@ def test_readme_command_on_examples(tmp_path):
         assert mask.shape == (480, 854)
         assert (out / f"{r['name']}_overlay.jpg").is_file()
         assert float(r["iou_refined"]) > 0.5  # refined masks still cover the objects
-    # Measured with the bundled file (run G): IoU 0.878 -> 0.896, mBA 0.716 -> 0.748 over the 3 frames (soapbox and
+    # Measured with the bundled file (JK): IoU 0.878 -> 0.902, mBA 0.716 -> 0.756 over the 3 frames (soapbox and
     # scooter gain both, parkour's good mask keeps its IoU, +0.005 mBA); an early default lowered mBA to 0.697.
     assert sum(float(r["iou_refined"]) for r in rows) > sum(float(r["iou_coarse"]) for r in rows)
     assert sum(float(r["mba_refined"]) for r in rows) > sum(float(r["mba_coarse"]) for r in rows) + 0.03
