@@ -5,6 +5,7 @@ Tests are flat files named by area (see the README's Layout); ``-m "not slow"`` 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,13 @@ import pytest
 import torch
 
 import cascadepsp
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (the README's test command runs 2 workers) each worker computes on one thread: two
+    workers of two threads each on a 2-core machine would spend their time contending, not computing."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
