@@ -10,6 +10,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # IMAGENET_MEAN / IMAGENET_STD: the encoder trunks map our normalised RGB to it (models.encoder.input_affine).
 ENCODER_INPUT_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "timm-tf_efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "timm-tf_efficientnet_lite1": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "timm-tf_efficientnet_lite2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 BACKENDS = ("torch", "openvino")  # Refiner(backend=)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..configs import JsonConfig
@@ -14,6 +15,8 @@ BACKBONE_BLOCKS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
 # segmentation-models-pytorch encoders: smp name and the channels of its OS2, OS4, OS8 and deepest features.
 ENCODER_BACKBONES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "efficientnet_lite0": ("timm-tf_efficientnet_lite0", (32, 24, 40, 320)),
+    "efficientnet_lite1": ("timm-tf_efficientnet_lite1", (32, 24, 40, 320)),  # Lite0's widths, deeper stages
+    "efficientnet_lite2": ("timm-tf_efficientnet_lite2", (32, 24, 48, 352)),
 }
 
 
@@ -135,6 +138,10 @@ PRESETS: dict[str, RMConfig] = {
                              up_channels=(64, 32, 16), head_hidden=16, residual=4.0, guided_radius=4,
                              local_fg_band=(0.0, 1.0)),
 }
+# `lite0_guided` on the larger encoders of the same family (issue 26's capacity comparison): same head and
+# decoder, EfficientNet-Lite1 (4.1 M encoder parameters, Lite0 3.4 M) and Lite2 (4.8 M).
+for _n in (1, 2):
+    PRESETS[f"lite{_n}_guided"] = dataclasses.replace(PRESETS["lite0_guided"], backbone=f"efficientnet_lite{_n}")
 
 
 def get_config(name_or_config: str | RMConfig) -> RMConfig:

