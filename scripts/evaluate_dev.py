@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from cascadepsp.constants import BACKENDS, PRECISIONS
-from cascadepsp.deploy import quantize
 from cascadepsp.deploy.quantize import QuantizationSettings
 from cascadepsp.evaluation.baselines import BASELINES
 from cascadepsp.evaluation.evaluate import REFINER, evaluate_sets, find_triplets, format_sets_table
@@ -86,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    if a.int8_settings:
-        quantize.DEFAULT_SETTINGS = QuantizationSettings.from_dict(json.loads(a.int8_settings))
-    refiner = Refiner(device=a.device, weights=a.weights, backend=a.backend, precision=a.precision)
+    quantization = QuantizationSettings.from_dict(json.loads(a.int8_settings)) if a.int8_settings else None
+    refiner = Refiner(device=a.device, weights=a.weights, backend=a.backend, precision=a.precision,
+                      quantization=quantization)
     methods = band_methods(refiner, [float(b) for b in a.bands.split(",") if b])
     for b in (x for x in a.baselines.split(",") if x):
         methods[b] = BASELINES[b]

@@ -184,7 +184,7 @@ class OpenVINOModel(nn.Module):
         if precision == "bf16" and not cpu_has_bf16():
             raise ValueError("precision: 'bf16' needs a CPU with bf16 instructions (AVX-512 BF16 or AMX); "
                              "this one has none, use 'fp32'")
-        settings = settings or quantize.DEFAULT_SETTINGS  # read at call time: scripts may set other settings
+        settings = settings or quantize.DEFAULT_SETTINGS
         self.config = getattr(model, "config", None)
         self.precision = precision
         self.threads = int(threads or torch.get_num_threads())

@@ -15,6 +15,7 @@ from torch import nn
 from ..constants import BACKENDS
 from ..deploy.openvino_runtime import PRECISIONS as OPENVINO_PRECISIONS
 from ..deploy.openvino_runtime import OpenVINOModel
+from ..deploy.quantize import QuantizationSettings
 from ..devices import resolve_device
 from ..io.inputs import check_same_size, mask_max, mask_size, to_binary_mask, to_rgb_uint8
 from ..weights.registry import create_model, load_model
@@ -123,7 +124,8 @@ def probability_to_uint8(prob: np.ndarray, threshold: float | None) -> np.ndarra
 
 
 def _openvino_model(model: nn.Module, device: torch.device, precision: str, compile: bool,
-                    cache_dir: str | os.PathLike | None) -> nn.Module:
+                    cache_dir: str | os.PathLike | None,
+                    quantization: QuantizationSettings | None = None) -> nn.Module:
     """The OpenVINO stand-in for ``model`` at ``precision``, after refusing options that do not apply to it.
 
     int8 is calibrated on the shipped calibration photos (:mod:`cascadepsp.inference.calibration`) the first
@@ -134,12 +136,14 @@ def _openvino_model(model: nn.Module, device: torch.device, precision: str, comp
         raise ValueError(f"precision: backend='openvino' runs {'/'.join(OPENVINO_PRECISIONS)}; got {precision!r}")
     if compile:
         raise ValueError("compile: torch.compile does not apply to backend='openvino'")
+    if quantization is not None and precision != "int8":
+        raise ValueError(f"quantization: applies to precision='int8' only; got precision={precision!r}")
     if precision != "int8":
         return OpenVINOModel(model, cache_dir=cache_dir, precision="fp32" if precision == "auto" else precision)
     from .calibration import calibration_id, record_inputs
 
     return OpenVINOModel(model, cache_dir=cache_dir, precision="int8", calibrate=record_inputs,
-                         calibration_id=calibration_id())
+                         calibration_id=calibration_id(), settings=quantization)
 
 
 class Refiner:
@@ -159,12 +163,14 @@ class Refiner:
     ``backend="openvino"`` runs the network through OpenVINO on the CPU (fp32; ``pip install
     'cascadepsp[openvino]'``) under either engine; the converted model is cached in ``cache_dir`` (default
     :func:`cascadepsp.deploy.openvino_runtime.cache_root`), so only the first Refiner on a machine pays the conversion.
+    ``quantization`` replaces the shipped NNCF settings of ``precision="int8"`` (its own cache entry).
     """
 
     def __init__(self, device: str | torch.device | None = None, weights: WeightsArg = None, *,
                  engine: str = "batched", batch_size: int | None = None, precision: str = "auto",
                  channels_last: bool | None = None, compile: bool = False, backend: str = "torch",
-                 cache_dir: str | os.PathLike | None = None, mode: str | None = None) -> None:
+                 cache_dir: str | os.PathLike | None = None, quantization: QuantizationSettings | None = None,
+                 mode: str | None = None) -> None:
         if mode is not None:
             raise TypeError(f"Refiner: mode= is now engine= ('batched', formerly 'fast', or 'reference'); "
                             f"got mode={mode!r}")
@@ -178,11 +184,13 @@ class Refiner:
         self.model = _resolve_model(weights).to(self.device).eval()
         self.edit_band = inference.edit_band(self.model)  # read before a backend replaces the module
         if backend == "openvino":
-            self.model = _openvino_model(self.model, self.device, precision, compile, cache_dir)
+            self.model = _openvino_model(self.model, self.device, precision, compile, cache_dir, quantization)
             channels_last = False  # the OpenVINO graph takes plain contiguous arrays
             precision = "fp32"  # the engine's own arithmetic around the graph; the graph has its precision
         elif precision == "int8":
             raise ValueError("precision: 'int8' runs on backend='openvino' only")
+        elif quantization is not None:
+            raise ValueError("quantization: applies to backend='openvino', precision='int8' only")
         options = BatchedOptions(batch_size=batch_size, precision=precision, channels_last=channels_last,
                               compile=compile)
         # Only the batched engine gets a runner: it converts (our copy of) the model to channels_last, which

@@ -185,3 +185,28 @@ def test_quantization_settings_from_json():
         QuantizationSettings.from_dict({"ignore": []})
     with pytest.raises(ValueError, match="graphs"):
         QuantizationSettings(graphs=("encoder",))
+
+
+def test_refiner_passes_its_quantization_settings_to_the_int8_build(default_model, tmp_path, monkeypatch):
+    """``Refiner(quantization=)`` reaches the OpenVINO module (its own entry key); it is refused where no int8
+    graph is built."""
+    from cascadepsp.inference import refiner as refiner_module
+
+    seen = {}
+
+    class Capture:  # stands in for OpenVINOModel: what the Refiner asked for
+        def __init__(self, model, **kwargs):
+            seen.update(kwargs)
+            raise RuntimeError("captured")
+
+    monkeypatch.setattr(refiner_module, "OpenVINOModel", Capture)
+    custom = QuantizationSettings(graphs=("global", "window"))
+    with pytest.raises(RuntimeError, match="captured"):
+        cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8",
+                           cache_dir=tmp_path, quantization=custom)
+    assert seen["settings"] is custom and seen["precision"] == "int8"
+    with pytest.raises(ValueError, match="quantization: applies to precision='int8' only"):
+        cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="bf16",
+                           quantization=custom)
+    with pytest.raises(ValueError, match="quantization: applies to backend='openvino'"):
+        cascadepsp.Refiner(device="cpu", weights=default_model, quantization=custom)
