@@ -113,9 +113,10 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
                    help="torch (default) or openvino (CPU; needs cascadepsp[openvino]; converts once per machine "
                         "into $CASCADEPSP_HOME/openvino)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="network precision. auto: bf16 on CUDA, fp32 on CPU; bf16 on a CPU needs bf16 "
-                        "instructions; int8 needs --backend openvino and cascadepsp[int8] (quantised once per "
-                        "machine); see the README's speed table")
+                   help="network precision. auto: bf16 on CUDA, fp32 on CPU (with --backend openvino: bf16 "
+                        "on CPUs with bf16 instructions, else fp32); bf16 on a CPU needs bf16 instructions; "
+                        "int8 needs --backend openvino and cascadepsp[int8] (quantised once per machine); see "
+                        "the README's speed table")
 
 
 def build_parser() -> argparse.ArgumentParser:

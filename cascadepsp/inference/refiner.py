@@ -14,7 +14,7 @@ from torch import nn
 
 from ..constants import BACKENDS
 from ..deploy.openvino_runtime import PRECISIONS as OPENVINO_PRECISIONS
-from ..deploy.openvino_runtime import OpenVINOModel
+from ..deploy.openvino_runtime import OpenVINOModel, cpu_has_bf16
 from ..deploy.quantize import QuantizationSettings
 from ..devices import resolve_device
 from ..io.inputs import check_same_size, mask_max, mask_size, to_binary_mask, to_rgb_uint8
@@ -138,8 +138,10 @@ def _openvino_model(model: nn.Module, device: torch.device, precision: str, comp
         raise ValueError("compile: torch.compile does not apply to backend='openvino'")
     if quantization is not None and precision != "int8":
         raise ValueError(f"quantization: applies to precision='int8' only; got precision={precision!r}")
+    if precision == "auto":  # bf16 met the dev quality gate on the bundled default (docs/performance.md)
+        precision = "bf16" if cpu_has_bf16() else "fp32"
     if precision != "int8":
-        return OpenVINOModel(model, cache_dir=cache_dir, precision="fp32" if precision == "auto" else precision)
+        return OpenVINOModel(model, cache_dir=cache_dir, precision=precision)
     from .calibration import calibration_id, record_inputs
 
     return OpenVINOModel(model, cache_dir=cache_dir, precision="int8", calibrate=record_inputs,
@@ -160,8 +162,8 @@ class Refiner:
     A module passed as ``weights`` is copied, never changed. (``fast=`` of :meth:`refine` is another thing:
     the original's global-step-only refinement.)
 
-    ``backend="openvino"`` runs the network through OpenVINO on the CPU (fp32; ``pip install
-    'cascadepsp[openvino]'``) under either engine; the converted model is cached in ``cache_dir`` (default
+    ``backend="openvino"`` runs the network through OpenVINO on the CPU (``precision="auto"``: bf16 on CPUs with
+    bf16 instructions, else fp32; ``pip install 'cascadepsp[openvino]'``) under either engine; the converted model is cached in ``cache_dir`` (default
     :func:`cascadepsp.deploy.openvino_runtime.cache_root`), so only the first Refiner on a machine pays the conversion.
     ``quantization`` replaces the shipped NNCF settings of ``precision="int8"`` (its own cache entry).
     """

@@ -122,7 +122,7 @@ def torch_reference(default_model) -> dict[int, np.ndarray]:
 def test_openvino_backend_agrees_with_the_torch_reference(warm_cache, default_model, torch_reference, engine):
     im, seg = real_photo(0.5)
     refiner = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend="openvino",
-                                 cache_dir=warm_cache)
+                                 precision="fp32", cache_dir=warm_cache)
     assert refiner.model.conversion_seconds == 0.0  # the warm cache is used, not rebuilt
     for L, expected in torch_reference.items():
         got = refiner.refine_probability(im, seg, L=L)

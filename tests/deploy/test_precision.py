@@ -98,7 +98,7 @@ def test_int8_agrees_with_fp32_on_a_real_photo(int8_cache, default_model, engine
     small_calibration(monkeypatch)  # the calibration is part of the entry's key: the fixture's entry
     im, seg = photo()
     fp32 = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend="openvino",
-                              cache_dir=int8_cache)
+                              precision="fp32", cache_dir=int8_cache)
     int8 = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend="openvino",
                               precision="int8", cache_dir=int8_cache)
     assert int8.model.quantization_seconds == 0.0 and int8.model.entry != fp32.model.entry  # cached, apart
@@ -210,3 +210,24 @@ def test_refiner_passes_its_quantization_settings_to_the_int8_build(default_mode
                            quantization=custom)
     with pytest.raises(ValueError, match="quantization: applies to backend='openvino'"):
         cascadepsp.Refiner(device="cpu", weights=default_model, quantization=custom)
+
+
+@pytest.mark.parametrize("has_bf16,expected", [(True, "bf16"), (False, "fp32")])
+def test_openvino_auto_precision_is_bf16_where_the_cpu_has_it(default_model, monkeypatch, has_bf16, expected):
+    """bf16 met the dev quality gate on the bundled default (docs/performance.md), so OpenVINO's ``auto`` uses it
+    on CPUs with bf16 instructions; elsewhere fp32. An explicit precision is kept."""
+    from cascadepsp.inference import refiner as refiner_module
+
+    asked = []
+
+    class Capture:
+        def __init__(self, model, **kwargs):
+            asked.append(kwargs["precision"])
+            raise RuntimeError("captured")
+
+    monkeypatch.setattr(refiner_module, "OpenVINOModel", Capture)
+    monkeypatch.setattr(refiner_module, "cpu_has_bf16", lambda: has_bf16)
+    for precision in ("auto", "fp32"):
+        with pytest.raises(RuntimeError, match="captured"):
+            cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision=precision)
+    assert asked == [expected, "fp32"]
