@@ -136,8 +136,6 @@ def _openvino_model(model: nn.Module, device: torch.device, precision: str, comp
         raise ValueError(f"precision: backend='openvino' runs {'/'.join(OPENVINO_PRECISIONS)}; got {precision!r}")
     if compile:
         raise ValueError("compile: torch.compile does not apply to backend='openvino'")
-    if quantization is not None and precision != "int8":
-        raise ValueError(f"quantization: applies to precision='int8' only; got precision={precision!r}")
     if precision == "auto":  # bf16 met the dev quality gate on the bundled default (docs/performance.md)
         precision = "bf16" if cpu_has_bf16() else "fp32"
     if precision != "int8":
@@ -163,8 +161,9 @@ class Refiner:
     the original's global-step-only refinement.)
 
     ``backend="openvino"`` runs the network through OpenVINO on the CPU (``precision="auto"``: bf16 on CPUs with
-    bf16 instructions, else fp32; ``pip install 'cascadepsp[openvino]'``) under either engine; the converted model is cached in ``cache_dir`` (default
-    :func:`cascadepsp.deploy.openvino_runtime.cache_root`), so only the first Refiner on a machine pays the conversion.
+    bf16 instructions, else fp32; ``pip install 'cascadepsp[openvino]'``) under either engine; the converted
+    model is cached in ``cache_dir`` (default :func:`cascadepsp.deploy.openvino_runtime.cache_root`), so only
+    the first Refiner on a machine pays the conversion.
     ``quantization`` replaces the shipped NNCF settings of ``precision="int8"`` (its own cache entry).
     """
 
@@ -180,6 +179,9 @@ class Refiner:
             raise ValueError(f"engine: expected 'batched' or 'reference', got {engine!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {'/'.join(BACKENDS)}, got {backend!r}")
+        if quantization is not None and (backend, precision) != ("openvino", "int8"):
+            raise ValueError(f"quantization: applies to backend='openvino' with precision='int8' only; got "
+                             f"backend={backend!r}, precision={precision!r}")
         self.device = resolve_device(device)
         self.engine = engine
         self.backend = backend
@@ -191,8 +193,6 @@ class Refiner:
             precision = "fp32"  # the engine's own arithmetic around the graph; the graph has its precision
         elif precision == "int8":
             raise ValueError("precision: 'int8' runs on backend='openvino' only")
-        elif quantization is not None:
-            raise ValueError("quantization: applies to backend='openvino', precision='int8' only")
         options = BatchedOptions(batch_size=batch_size, precision=precision, channels_last=channels_last,
                               compile=compile)
         # Only the batched engine gets a runner: it converts (our copy of) the model to channels_last, which

@@ -140,8 +140,8 @@ PRESETS: dict[str, RMConfig] = {
 }
 # `lite0_guided` on the larger encoders of the same family (issue 26's capacity comparison): same head and
 # decoder, EfficientNet-Lite1 (4.1 M encoder parameters, Lite0 3.4 M) and Lite2 (4.8 M).
-for _n in (1, 2):
-    PRESETS[f"lite{_n}_guided"] = dataclasses.replace(PRESETS["lite0_guided"], backbone=f"efficientnet_lite{_n}")
+PRESETS.update({f"lite{n}_guided": dataclasses.replace(PRESETS["lite0_guided"], backbone=f"efficientnet_lite{n}")
+                for n in (1, 2)})
 
 
 def get_config(name_or_config: str | RMConfig) -> RMConfig:

@@ -4,6 +4,7 @@ cache entry (keyed apart from fp32, rebuilt when corrupt), calibration inputs, a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -187,47 +188,48 @@ def test_quantization_settings_from_json():
         QuantizationSettings(graphs=("encoder",))
 
 
-def test_refiner_passes_its_quantization_settings_to_the_int8_build(default_model, tmp_path, monkeypatch):
-    """``Refiner(quantization=)`` reaches the OpenVINO module (its own entry key); it is refused where no int8
-    graph is built."""
+@pytest.fixture
+def openvino_requests(monkeypatch) -> list[dict]:
+    """Stands in for OpenVINOModel in the Refiner: records what each Refiner asked for, then stops it."""
     from cascadepsp.inference import refiner as refiner_module
 
-    seen = {}
+    requests = []
 
-    class Capture:  # stands in for OpenVINOModel: what the Refiner asked for
+    class Capture:
         def __init__(self, model, **kwargs):
-            seen.update(kwargs)
+            requests.append(kwargs)
             raise RuntimeError("captured")
 
     monkeypatch.setattr(refiner_module, "OpenVINOModel", Capture)
+    return requests
+
+
+def test_refiner_passes_its_quantization_settings_to_the_int8_build(default_model, tmp_path, openvino_requests):
+    """``Refiner(quantization=)`` reaches the OpenVINO module (its own entry key); it is refused where no int8
+    graph is built."""
     custom = QuantizationSettings(graphs=("global", "window"))
     with pytest.raises(RuntimeError, match="captured"):
         cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8",
                            cache_dir=tmp_path, quantization=custom)
+    [seen] = openvino_requests
     assert seen["settings"] is custom and seen["precision"] == "int8"
-    with pytest.raises(ValueError, match="quantization: applies to precision='int8' only"):
+    only = "quantization: applies to backend='openvino' with precision='int8' only; got "
+    with pytest.raises(ValueError, match=re.escape(only + "backend='openvino', precision='bf16'")):
         cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="bf16",
                            quantization=custom)
-    with pytest.raises(ValueError, match="quantization: applies to backend='openvino'"):
+    with pytest.raises(ValueError, match=re.escape(only + "backend='torch', precision='auto'")):
         cascadepsp.Refiner(device="cpu", weights=default_model, quantization=custom)
 
 
 @pytest.mark.parametrize("has_bf16,expected", [(True, "bf16"), (False, "fp32")])
-def test_openvino_auto_precision_is_bf16_where_the_cpu_has_it(default_model, monkeypatch, has_bf16, expected):
+def test_openvino_auto_precision_is_bf16_where_the_cpu_has_it(default_model, monkeypatch, openvino_requests,
+                                                              has_bf16, expected):
     """bf16 met the dev quality gate on the bundled default (docs/performance.md), so OpenVINO's ``auto`` uses it
     on CPUs with bf16 instructions; elsewhere fp32. An explicit precision is kept."""
     from cascadepsp.inference import refiner as refiner_module
 
-    asked = []
-
-    class Capture:
-        def __init__(self, model, **kwargs):
-            asked.append(kwargs["precision"])
-            raise RuntimeError("captured")
-
-    monkeypatch.setattr(refiner_module, "OpenVINOModel", Capture)
     monkeypatch.setattr(refiner_module, "cpu_has_bf16", lambda: has_bf16)
     for precision in ("auto", "fp32"):
         with pytest.raises(RuntimeError, match="captured"):
             cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision=precision)
-    assert asked == [expected, "fp32"]
+    assert [r["precision"] for r in openvino_requests] == [expected, "fp32"]

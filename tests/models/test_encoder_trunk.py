@@ -1,4 +1,5 @@
-"""EfficientNet-Lite refiners (Lite0; Lite1 / Lite2 presets): ImageNet conversion, 6-channel stem, strides, residual output, warm start."""
+"""EfficientNet-Lite refiners (Lite0; Lite1 / Lite2 presets): ImageNet conversion, 6-channel stem, strides,
+residual output, warm start."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def test_converted_encoder_recognises_imagenet_classes(encoder):
             f = enc(_photo(name))[-1]
             logits = fc(enc.bn2(enc.conv_head(f)).mean((2, 3)))
             top[name] = logits.topk(5).indices[0].tolist()
-    assert 573 in top["soapbox_00060"] and (encoder == "timm-tf_efficientnet_lite2" or top["soapbox_00060"][0] == 573)
+    assert 573 in top["soapbox_00060"]
+    assert encoder == "timm-tf_efficientnet_lite2" or top["soapbox_00060"][0] == 573
     assert {670, 665} & set(top["scooter-black_00020"])
     # A randomly initialised encoder does not: the test can fail.
     torch.manual_seed(0)
