@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Grow a trained refiner into a deeper encoder of its family (e.g. lite0_guided -> lite1_guided) that
+computes the same masks at the start, as a warm start for training the deeper network (`--init`).
+
+    python scripts/deepen_refiner.py cascadepsp/weights/cascadepsp_lite0_guided.safetensors lite1_guided \\
+        runs/lite1_from_default.safetensors
+
+The extra blocks start from ImageNet (needs the `train` extra) with their last batch norm zeroed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from cascadepsp.models.config import PRESETS, RMConfig
+from cascadepsp.models.refinement import RefinementModule
+from cascadepsp.weights.deepen import deepen_state
+from cascadepsp.weights.files import load_weights
+from cascadepsp.weights.imagenet import load_imagenet_encoder
+from cascadepsp.weights.registry import MODEL_FORMAT, save_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("source", help="a trained refiner .safetensors")
+    p.add_argument("preset", choices=sorted(PRESETS), help="the deeper architecture")
+    p.add_argument("out", help="where to write the grown .safetensors")
+    a = p.parse_args(argv)
+    try:
+        state, config, _ = load_weights(a.source, expected_format=MODEL_FORMAT)
+        held = RMConfig.from_dict(config)
+        # the source's head and settings, the preset's encoder
+        model = RefinementModule(dataclasses.replace(held, backbone=PRESETS[a.preset].backbone))
+        if not model.config.is_encoder:
+            raise ValueError(f"{a.preset} has no ImageNet encoder to grow into")
+        load_imagenet_encoder(model.feats.encoder, model.feats.encoder_name)
+        model.load_state_dict(deepen_state(state, model))
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        p.error(str(e))
+    out = save_model(model, a.out, metadata={"deepened_from": a.source})
+    print(f"{a.source} ({held.backbone}) -> {out} ({model.config.backbone})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
