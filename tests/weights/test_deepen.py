@@ -1,0 +1,75 @@
+"""Growing a trained Lite0 refiner into Lite1 (scripts/deepen_refiner.py): same masks at the start, new blocks
+live for training, clear errors where the networks do not fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+import cascadepsp
+from cascadepsp.inference.reference import image_to_tensor
+from cascadepsp.weights.deepen import deepen_state
+from cascadepsp.weights.imagenet import load_imagenet_encoder, read_imagenet_state
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "davis" / "parkour_00040"
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    image = image_to_tensor(cv2.cvtColor(cv2.imread(f"{EXAMPLE}_im.jpg"), cv2.COLOR_BGR2RGB))
+    image = torch.nn.functional.interpolate(image, size=(160, 288), mode="bilinear", align_corners=False)
+    seg = cv2.resize(cv2.imread(f"{EXAMPLE}_seg.png", cv2.IMREAD_GRAYSCALE), (288, 160), cv2.INTER_NEAREST)
+    return image, torch.from_numpy(seg > 127).float()[None, None] * 2 - 1
+
+
+def _grown(source: torch.nn.Module, backbone: str = "efficientnet_lite1") -> torch.nn.Module:
+    target = cascadepsp.create_model(dataclasses.replace(source.config, backbone=backbone))
+    load_imagenet_encoder(target.feats.encoder, target.feats.encoder_name)
+    target.load_state_dict(deepen_state(source.state_dict(), target))
+    return target.eval()
+
+
+def test_grown_lite1_computes_the_default_exactly_and_its_new_blocks_can_learn():
+    source = cascadepsp.load_model("default").float().eval()
+    grown = _grown(source)
+    image, seg = _inputs()
+    with torch.no_grad():
+        before, after = source(image, seg), grown(image, seg)
+    for key in ("pred_224", "pred_56_2", "pred_28_3"):
+        assert torch.equal(before[key], after[key]), key
+    # the new block keeps its ImageNet filters (only its last norm is zeroed), so a step on that norm moves it
+    state = grown.state_dict()
+    imagenet = read_imagenet_state("timm-tf_efficientnet_lite1")
+    assert torch.equal(state["feats.encoder.blocks.3.3.conv_pw.weight"], imagenet["_blocks.10._expand_conv.weight"])
+    assert not state["feats.encoder.blocks.3.3.bn3.weight"].any()
+    grown.train()
+    grown(image, seg)["pred_224"].mean().backward()
+    assert grown.feats.encoder.blocks[3][3].bn3.weight.grad.abs().sum() > 0
+
+
+def test_deepen_refuses_a_wider_encoder_and_names_the_tensor():
+    source = cascadepsp.create_model("lite0_guided")
+    target = cascadepsp.create_model("lite2_guided")
+    with pytest.raises(ValueError, match=r"deepen: feats\.encoder\..* is \("):
+        deepen_state(source.state_dict(), target)
+
+
+def test_deepen_script_writes_a_lite1_file_the_trainer_can_start_from(tmp_path):
+    out = tmp_path / "lite1.safetensors"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "deepen_refiner.py"), "default", "lite1_guided",
+                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode != 0 and "default" in done.stderr  # a file path is needed, not a registry name
+    src = cascadepsp.weights.registry.bundled_path(cascadepsp.weights.registry.find_weights("default").filename)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "deepen_refiner.py"), str(src), "lite1_guided",
+                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    model = cascadepsp.load_model(out)
+    assert model.config.backbone == "efficientnet_lite1"
+    assert cascadepsp.count_parameters(model) > cascadepsp.count_parameters(cascadepsp.load_model("default"))
