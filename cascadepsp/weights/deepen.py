@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from cascadepsp.models.refinement import RefinementModule
+from ..models.refinement import RefinementModule
 
 
 def _block_prefixes(new_keys: list[str]) -> list[str]:
