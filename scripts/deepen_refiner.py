@@ -11,15 +11,11 @@ The extra blocks start from ImageNet (needs the `train` extra) with their last b
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-from cascadepsp.models.config import PRESETS, RMConfig
-from cascadepsp.models.refinement import RefinementModule
-from cascadepsp.weights.deepen import deepen_state
-from cascadepsp.weights.files import load_weights
-from cascadepsp.weights.imagenet import load_imagenet_encoder
-from cascadepsp.weights.registry import MODEL_FORMAT, save_model
+from cascadepsp.models.config import PRESETS
+from cascadepsp.weights.deepen import deepen_model
+from cascadepsp.weights.registry import load_safetensors_model, save_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,18 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="where to write the grown .safetensors")
     a = p.parse_args(argv)
     try:
-        state, config, _ = load_weights(a.source, expected_format=MODEL_FORMAT)
-        held = RMConfig.from_dict(config)
-        # the source's head and settings, the preset's encoder
-        model = RefinementModule(dataclasses.replace(held, backbone=PRESETS[a.preset].backbone))
-        if not model.config.is_encoder:
-            raise ValueError(f"{a.preset} has no ImageNet encoder to grow into")
-        load_imagenet_encoder(model.feats.encoder, model.feats.encoder_name)
-        model.load_state_dict(deepen_state(state, model))
+        source, _ = load_safetensors_model(a.source)
+        model = deepen_model(source, PRESETS[a.preset].backbone)
     except (ValueError, FileNotFoundError, ImportError) as e:
         p.error(str(e))
     out = save_model(model, a.out, metadata={"deepened_from": a.source})
-    print(f"{a.source} ({held.backbone}) -> {out} ({model.config.backbone})")
+    print(f"{a.source} ({source.config.backbone}) -> {out} ({model.config.backbone})")
     return 0
 
 

@@ -8,12 +8,14 @@ starts exactly where the trained one is and training can use the new depth from 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..models.refinement import RefinementModule
+from .imagenet import load_imagenet_encoder
 
 
 def _block_prefixes(new_keys: list[str]) -> list[str]:
@@ -53,3 +55,14 @@ def deepen_state(source: Mapping[str, Tensor], target: RefinementModule) -> dict
         state[f"{last}.weight"] = torch.zeros_like(state[f"{last}.weight"])
         state[f"{last}.bias"] = torch.zeros_like(state[f"{last}.bias"])
     return state
+
+
+def deepen_model(source: RefinementModule, backbone: str) -> RefinementModule:
+    """``source`` grown into ``backbone`` (a deeper encoder of its family, e.g. ``efficientnet_lite1``): the same
+    head and settings, the extra blocks from ImageNet (needs the ``train`` extra), the same outputs."""
+    target = RefinementModule(dataclasses.replace(source.config, backbone=backbone))
+    if not target.config.is_encoder:
+        raise ValueError(f"deepen: {backbone} has no ImageNet encoder to grow into")
+    load_imagenet_encoder(target.feats.encoder, target.feats.encoder_name)
+    target.load_state_dict(deepen_state(source.state_dict(), target))
+    return target.eval()

@@ -3,7 +3,6 @@ live for training, clear errors where the networks do not fit."""
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,8 @@ import torch
 
 import cascadepsp
 from cascadepsp.inference.reference import image_to_tensor
-from cascadepsp.weights.deepen import deepen_state
-from cascadepsp.weights.imagenet import load_imagenet_encoder, read_imagenet_state
+from cascadepsp.weights.deepen import deepen_model, deepen_state
+from cascadepsp.weights.imagenet import read_imagenet_state
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "davis" / "parkour_00040"
@@ -29,16 +28,9 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return image, torch.from_numpy(seg > 127).float()[None, None] * 2 - 1
 
 
-def _grown(source: torch.nn.Module, backbone: str = "efficientnet_lite1") -> torch.nn.Module:
-    target = cascadepsp.create_model(dataclasses.replace(source.config, backbone=backbone))
-    load_imagenet_encoder(target.feats.encoder, target.feats.encoder_name)
-    target.load_state_dict(deepen_state(source.state_dict(), target))
-    return target.eval()
-
-
 def test_grown_lite1_computes_the_default_exactly_and_its_new_blocks_can_learn():
     source = cascadepsp.load_model("default").float().eval()
-    grown = _grown(source)
+    grown = deepen_model(source, "efficientnet_lite1")
     image, seg = _inputs()
     with torch.no_grad():
         before, after = source(image, seg), grown(image, seg)
