@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the model card of a weights file (refiner or PSPNet) from its own metadata.
 
-    python scripts/model_card.py cascadepsp/weights/cascadepsp_lite0_guided.safetensors --name default \\
+    python scripts/model_card.py cascadepsp/weights/cascadepsp_lite1_guided.safetensors --name default \\
         --out docs/models/refiner_default.md
 """
 

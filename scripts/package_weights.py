@@ -6,7 +6,7 @@ with it, ``--threshold`` its foreground probability threshold, ``--min-component
 ``--scales`` its multi-scale test (chosen on the dev part with evaluate_pspnet.py).
 
     python scripts/package_weights.py runs/lite0_long/model_best.safetensors \\
-        cascadepsp/weights/cascadepsp_lite0_guided.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
+        cascadepsp/weights/cascadepsp_lite1_guided.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
         --log docs/models/logs/lite0_long_log.csv --eval davis_u2netp=runs/eval/davis_u2netp.json ...
     python scripts/package_weights.py runs/psp/final.safetensors pspnet/weights/pspnet_fg.safetensors --base-size 576
 """

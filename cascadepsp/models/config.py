@@ -115,9 +115,7 @@ class RMConfig(JsonConfig):
 
 
 
-
-
-DEFAULT_PRESET = "lite0_guided"  # the one default architecture: that of the bundled default weights
+DEFAULT_PRESET = "lite1_guided"  # the one default architecture: that of the bundled default weights
 
 PRESETS: dict[str, RMConfig] = {
     # The official network, loadable from the released checkpoint.
@@ -130,7 +128,7 @@ PRESETS: dict[str, RMConfig] = {
     "resnet18_slim": RMConfig(backbone="resnet18", base_width=32, psp_out=128, up_channels=(64, 32, 16),
                               head_hidden=16),
     # ImageNet EfficientNet-Lite0 trunk (OS16, upsampled to OS8), narrow decoder, residual output: the
-    # network trained on the project's CPU and shipped as the bundled default.
+    # network trained on the project's CPU (the bundled default until `lite0_guided`).
     "lite0": RMConfig(backbone="efficientnet_lite0", encoder_output_stride=16, psp_out=128,
                       up_channels=(64, 32, 16), head_hidden=16, residual=4.0, local_fg_band=(0.0, 1.0)),
     # `lite0` with a trainable guided-filter output stage (radius 4 px, learned gate).
@@ -138,8 +136,9 @@ PRESETS: dict[str, RMConfig] = {
                              up_channels=(64, 32, 16), head_hidden=16, residual=4.0, guided_radius=4,
                              local_fg_band=(0.0, 1.0)),
 }
-# `lite0_guided` on the larger encoders of the same family (issue 26's capacity comparison): same head and
-# decoder, EfficientNet-Lite1 (4.1 M encoder parameters, Lite0 3.4 M) and Lite2 (4.8 M).
+# `lite0_guided` on the larger encoders of the same family: same head and decoder, EfficientNet-Lite1 (4.1 M
+# encoder parameters, Lite0 3.4 M; the bundled default's since 2026-12-05, grown from a trained Lite0 file by
+# :mod:`cascadepsp.weights.deepen`) and Lite2 (4.8 M).
 PRESETS.update({f"lite{n}_guided": dataclasses.replace(PRESETS["lite0_guided"], backbone=f"efficientnet_lite{n}")
                 for n in (1, 2)})
 

@@ -33,9 +33,9 @@ class WeightSpec:
 # their names here, so ``default`` means the same thing (the bundled file) for both.
 REGISTRY: dict[str, dict[str, WeightSpec]] = {
     "refiner": {
-        "default": WeightSpec("default", "EfficientNet-Lite0 refiner (lite0_guided preset: ImageNet trunk, residual "
+        "default": WeightSpec("default", "EfficientNet-Lite1 refiner (lite1_guided preset: ImageNet trunk, residual "
                               "output, trainable guided-filter output stage) trained by this project on a 2-core CPU "
-                              "(bundled)", filename="cascadepsp_lite0_guided.safetensors"),
+                              "(bundled)", filename="cascadepsp_lite1_guided.safetensors"),
         "official": WeightSpec("official", "original CascadePSP ResNet-50 checkpoint (user-provided / downloaded)",
                                official=True),
     },

@@ -37,15 +37,15 @@ def test_default_refiner_weights_are_bundled_with_provenance():
     path = bundled_path(REGISTRY["refiner"]["default"].filename)
     assert path.is_file() and path.stat().st_size <= 25 * 2**20
     meta = read_metadata(path)
-    assert json.loads(meta["config"])["backbone"] == "efficientnet_lite0"
+    assert json.loads(meta["config"])["backbone"] == "efficientnet_lite1"
     for key in ("data", "steps", "git_commit", "train_config", "train_command", "training_log", "evaluation"):
         assert key in meta, key
     assert (REPO / meta["training_log"]).is_file()  # the run's log is committed beside the weights
-    assert json.loads(meta["steps"]) >= 500  # this file: 800 steps on top of the 4,100 of its --init lineage
+    assert json.loads(meta["steps"]) >= 500  # this file: 830 steps (run L1) on top of its --init lineage
     assert "--init" in meta["train_command"]
     model = cascadepsp.load_model("default")
     # the architecture of the preset; the do-no-harm edit band is an inference setting stored with the file
-    assert dataclasses.replace(model.config, edit_band=0.0) == cascadepsp.get_config("lite0_guided")
+    assert dataclasses.replace(model.config, edit_band=0.0) == cascadepsp.get_config("lite1_guided")
     assert model.config.edit_band == json.loads(meta["config"]).get("edit_band", 0.0)
 
 
@@ -83,7 +83,7 @@ def test_readme_command_on_examples(tmp_path):
 
 
 @pytest.mark.parametrize("weights,card,name", [
-    (REPO / "cascadepsp" / "weights" / "cascadepsp_lite0_guided.safetensors", "refiner_default.md", "default"),
+    (REPO / "cascadepsp" / "weights" / "cascadepsp_lite1_guided.safetensors", "refiner_default.md", "default"),
     (REPO / "pspnet" / "weights" / "pspnet_fg.safetensors", "pspnet_default.md", "pspnet default"),
 ])
 def test_model_cards_are_generated_from_the_bundled_files(weights, card, name):

@@ -28,8 +28,14 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return image, torch.from_numpy(seg > 127).float()[None, None] * 2 - 1
 
 
-def test_grown_lite1_computes_the_default_exactly_and_its_new_blocks_can_learn():
-    source = cascadepsp.load_model("default").float().eval()
+def _lite0() -> torch.nn.Module:
+    """A Lite0 refiner (ImageNet trunk, untrained head), as the trained Lite0 files the grow is for."""
+    torch.manual_seed(0)
+    return cascadepsp.create_model("lite0_guided").float().eval()
+
+
+def test_grown_lite1_computes_its_source_exactly_and_its_new_blocks_can_learn():
+    source = _lite0()
     grown = deepen_model(source, "efficientnet_lite1")
     image, seg = _inputs()
     with torch.no_grad():
@@ -47,7 +53,7 @@ def test_grown_lite1_computes_the_default_exactly_and_its_new_blocks_can_learn()
 
 
 def test_deepen_refuses_a_wider_encoder_and_names_the_tensor():
-    source = cascadepsp.create_model("lite0_guided")
+    source = _lite0()
     target = cascadepsp.create_model("lite2_guided")
     with pytest.raises(ValueError, match=r"deepen: feats\.encoder\..* is \("):
         deepen_state(source.state_dict(), target)
@@ -58,10 +64,10 @@ def test_deepen_script_writes_a_lite1_file_the_trainer_can_start_from(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "deepen_refiner.py"), "default", "lite1_guided",
                            str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode != 0 and "default" in done.stderr  # a file path is needed, not a registry name
-    src = cascadepsp.weights.registry.bundled_path(cascadepsp.weights.registry.find_weights("default").filename)
+    src = cascadepsp.save_model(_lite0(), tmp_path / "lite0.safetensors")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "deepen_refiner.py"), str(src), "lite1_guided",
                            str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     model = cascadepsp.load_model(out)
     assert model.config.backbone == "efficientnet_lite1"
-    assert cascadepsp.count_parameters(model) > cascadepsp.count_parameters(cascadepsp.load_model("default"))
+    assert cascadepsp.count_parameters(model) > cascadepsp.count_parameters(_lite0())
