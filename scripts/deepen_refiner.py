@@ -2,8 +2,10 @@
 """Grow a trained refiner into a deeper encoder of its family (e.g. lite0_guided -> lite1_guided) that
 computes the same masks at the start, as a warm start for training the deeper network (`--init`).
 
-    python scripts/deepen_refiner.py cascadepsp/weights/cascadepsp_lite0_guided.safetensors lite1_guided \\
-        runs/lite1_from_default.safetensors
+    git show fe574a7:cascadepsp/weights/cascadepsp_lite0_guided.safetensors > lite0_guided_JK.safetensors
+    python scripts/deepen_refiner.py lite0_guided_JK.safetensors lite1_guided runs/lite1_from_JK.safetensors
+
+(JK, the Lite0 default before the bundled Lite1 one, which was grown from it this way.)
 
 The extra blocks start from ImageNet (needs the `train` extra) with their last batch norm zeroed.
 """

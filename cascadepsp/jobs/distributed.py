@@ -42,6 +42,9 @@ from .pairing import Job
 from .report import Row, Summary
 
 RETRIES = 3  # default retries of a job whose actor died (a crash, OOM kill, lost node) before it is reported
+# One image per Ray task (up to this many images; beyond it a task holds several) and one task at a time per
+# actor, so an actor's death is charged to the image it was refining, not to images queued behind it.
+MAX_TASKS = 10_000
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,9 @@ def refine_dataset(inputs: Sequence[PathLike], out: PathLike, *, address: str | 
     one GPU each when the cluster has GPUs (``device="cuda"``), otherwise ``cpus_per_actor`` CPUs (default 2)
     and as many torch threads. ``refiner_factory(**kwargs)`` replaces :class:`~cascadepsp.Refiner` in the actors
     (it receives the same keyword arguments). A dead actor is restarted and its job tried again up to
-    ``retries`` times, then reported as failed. Rows come back in input order.
+    ``retries`` times, then reported as failed; the death counts only against the image the actor was
+    refining (one image per task, one task at a time per actor, up to :data:`MAX_TASKS` images). Rows come
+    back in input order.
     """
     if retries < 0:
         raise ValueError(f"retries: expected >= 0, got {retries}")
@@ -200,11 +205,12 @@ def _run(ray: Any, plan: RunPlan, spec: ActorSpec, refiner_kwargs: dict[str, Any
     bar = tqdm(total=len(jobs), unit="img", desc="refine (ray)", disable=not progress, dynamic_ncols=True)
     try:
         ds = ray.data.from_items([_job_record(i, j) for i, j in enumerate(jobs)],
-                                 override_num_blocks=max(1, min(len(jobs), 100 * spec.actors)))
+                                 override_num_blocks=max(1, min(len(jobs), MAX_TASKS)))
         with warnings.catch_warnings():  # Ray 2.5x deprecates remote args in favour of nothing yet
             warnings.simplefilter("ignore", DeprecationWarning)
             ds = ds.map_batches(
-                RefineActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=spec.actors),
+                RefineActor, batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=spec.actors, max_tasks_in_flight_per_actor=1),
                 num_cpus=spec.cpus, num_gpus=spec.gpus or None,
                 fn_constructor_kwargs={"refiner_kwargs": refiner_kwargs, "opts": dataclasses.asdict(plan.opts),
                                        "input_dirs": [str(d) for d in plan.guard.input_dirs],
