@@ -532,6 +532,9 @@ class Trainer:
             bar.close()
         self.save_checkpoint()
         finished = self.step >= cfg.iterations
+        # the weights where the run stopped, loadable like any refiner file (a run stopped early by
+        # --max-minutes or Ctrl-C has no model_final; resuming from the checkpoint overwrites this file)
+        self.export(self.out_dir / "model_last.safetensors")
         if finished:
             self.export(self.out_dir / "model_final.safetensors")
         if self._tb is not None:

@@ -108,6 +108,8 @@ def test_time_budget_stops_with_a_checkpoint(folder, tmp_path):
     assert result["stopped_early"] and not result["finished"] and result["step"] < 40
     assert (tmp_path / CHECKPOINT_NAME).is_file()
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["step"] == result["step"]
+    assert json.loads(read_metadata(tmp_path / "model_last.safetensors")["steps"]) == result["step"]
+    assert not (tmp_path / "model_final.safetensors").exists()  # the schedule did not finish
 
 
 def test_lr_schedule_steps_at_the_milestones(folder, tmp_path):
