@@ -5,9 +5,9 @@ evaluate.py / evaluate_pspnet.py). For a PSPNet, ``--base-size`` / ``--crop`` se
 with it, ``--threshold`` its foreground probability threshold, ``--min-component-fraction`` its mask clean-up and
 ``--scales`` its multi-scale test (chosen on the dev part with evaluate_pspnet.py).
 
-    python scripts/package_weights.py runs/lite0_long/model_best.safetensors \\
-        cascadepsp/weights/cascadepsp_lite1_guided.safetensors --train-command "$(cat runs/lite0_long/command.txt)" \\
-        --log docs/models/logs/lite0_long_log.csv --eval davis_u2netp=runs/eval/davis_u2netp.json ...
+    python scripts/package_weights.py runs/JM1/soup.safetensors \\
+        cascadepsp/weights/cascadepsp_lite1_guided.safetensors --train-command "$(cat runs/M/command.txt)" \\
+        --log docs/models/logs/lite1_guided_M_lowlr_log.csv --eval dev_davis=runs/JM1/dev_davis.json ...
     python scripts/package_weights.py runs/psp/final.safetensors pspnet/weights/pspnet_fg.safetensors --base-size 576
 """
 

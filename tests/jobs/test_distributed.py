@@ -129,8 +129,7 @@ class CrashOnceAndOnSize(CrashOnce):
 
 def test_killed_actors_are_restarted_and_only_an_image_that_kills_every_try_fails(local_ray, tmp_path):
     """One run for both failure kinds (an actor start-up is most of a test's time): a job whose actor died once is
-    retried and done; an image that kills its worker on every try is reported and the run completes; a death is
-    charged only to the image being refined, never to the images queued behind it on the same actor."""
+    retried and done; an image that kills its worker on every try is reported and the run completes."""
     src = tmp_path / "in"
     original_layout(src, n=7)  # part2/img04 is the only 50x50 one
     # 2 tries each (retries=1), one actor: every good image must be done although the actor died 3 times (one
