@@ -29,7 +29,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _lite0() -> torch.nn.Module:
-    """A Lite0 refiner (ImageNet trunk, untrained head), as the trained Lite0 files the grow is for."""
+    """A Lite0 refiner with seeded random weights: the grow must reproduce any Lite0 network's outputs."""
     torch.manual_seed(0)
     return cascadepsp.create_model("lite0_guided").float().eval()
 
@@ -64,10 +64,11 @@ def test_deepen_script_writes_a_lite1_file_the_trainer_can_start_from(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "deepen_refiner.py"), "default", "lite1_guided",
                            str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode != 0 and "default" in done.stderr  # a file path is needed, not a registry name
-    src = cascadepsp.save_model(_lite0(), tmp_path / "lite0.safetensors")
+    source = _lite0()
+    src = cascadepsp.save_model(source, tmp_path / "lite0.safetensors")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "deepen_refiner.py"), str(src), "lite1_guided",
                            str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     model = cascadepsp.load_model(out)
     assert model.config.backbone == "efficientnet_lite1"
-    assert cascadepsp.count_parameters(model) > cascadepsp.count_parameters(_lite0())
+    assert cascadepsp.count_parameters(model) > cascadepsp.count_parameters(source)
