@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--duts", help="DUTS-TR folder (DUTS-TR-Image/, DUTS-TR-Mask/); "
                    f"{d.duts_dev_count} photos are held back as dev by name hash")
     g.add_argument("--duts-repeat", type=int, default=d.duts_repeat)
+    g.add_argument("--duts-coarse-repeat", type=int, default=d.duts_coarse_repeat,
+                   help="times each DUTS photo with a real coarse mask (coarse_pspnet/, make_pspnet_masks.py) "
+                        "appears; needs --real-coarse-sources duts")
     g.add_argument("--davis-train", help="DAVIS-layout folder of training sequences only (DAVIS-2016 train); "
                    f"{', '.join(d.davis_train_dev_sequences)} are held back as dev")
     g.add_argument("--davis-val", nargs="*", help="DAVIS sequences held out for validation "
@@ -122,7 +125,7 @@ def build_config(a: argparse.Namespace) -> TrainConfig:
         boundary_weight=a.boundary_weight, boundary_radius=a.boundary_radius,
         keep_weight=a.keep_weight, keep_radius=a.keep_radius, keep_min_iou=a.keep_min_iou,
         guided_lr_scale=a.guided_lr_scale, human_seg=a.human_seg, davis=a.davis, duts=a.duts,
-        duts_repeat=a.duts_repeat, davis_train=a.davis_train,
+        duts_repeat=a.duts_repeat, duts_coarse_repeat=a.duts_coarse_repeat, davis_train=a.davis_train,
         backgrounds=a.backgrounds,
         davis_val_sequences=tuple(a.davis_val) if a.davis_val else None, human_seg_repeat=a.human_seg_repeat, davis_repeat=a.davis_repeat,
         max_side=a.max_side, batch_size=a.batch_size, iterations=a.iterations, lr=a.lr, weight_decay=a.weight_decay,

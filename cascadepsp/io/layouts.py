@@ -9,7 +9,8 @@ Layouts:
 * DAVIS: ``JPEGImages/<seq>/<frame>.jpg``, ``Annotations/<seq>/<frame>.png`` (ground truth) and
   ``coarse_u2netp/<seq>/<frame>.png`` (a real segmenter's coarse mask) (:func:`find_davis`);
 * ``images/`` + ``masks/`` folders, the masks being ground truth (:func:`find_images_masks`);
-* DUTS: ``DUTS-TR-Image/<stem>.jpg`` + ``DUTS-TR-Mask/<stem>.png`` ground truth (:func:`find_duts`).
+* DUTS: ``DUTS-TR-Image/<stem>.jpg`` + ``DUTS-TR-Mask/<stem>.png`` ground truth and, where written,
+  ``coarse_pspnet/<stem>.png`` (the bundled PSPNet's coarse mask) (:func:`find_duts`).
 
 Every file is decoded through :mod:`cascadepsp.io.images`, so the folder tool, the evaluation and both trainers
 read a palette, 16-bit or RGBA mask the same way.
@@ -30,6 +31,7 @@ from .images import IMAGE_EXTS, MASK_EXTS, PathLike
 _IM_RE = re.compile(r"^(?P<name>.+)_im$", re.IGNORECASE)
 _SEG_RE = re.compile(r"^(?P<name>.+)_seg$", re.IGNORECASE)
 DAVIS_COARSE = "coarse_u2netp"
+DUTS_COARSE = "coarse_pspnet"  # PSPNet never saw DUTS-TR; U2-Netp did, so its DUTS-TR masks are too good
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ DUTS_IMAGES, DUTS_MASKS = "DUTS-TR-Image", "DUTS-TR-Mask"
 
 
 def find_duts(root: PathLike) -> list[Sample]:
-    """DUTS-TR photos with their ground-truth masks (``<root>/DUTS-TR-Image`` + ``<root>/DUTS-TR-Mask`` by stem).
+    """DUTS-TR photos with their ground-truth masks (``<root>/DUTS-TR-Image`` + ``<root>/DUTS-TR-Mask`` by stem)
+    and, where present, a real coarse mask ``<root>/coarse_pspnet/<stem>.png`` (see make_pspnet_masks.py).
 
     Only the training part exists in our copies; DUTS-TE is the project's reserved final test.
     """
@@ -199,7 +202,14 @@ def find_duts(root: PathLike) -> list[Sample]:
         if not (root / sub).is_dir():
             raise ValueError(f"duts: {root} has no {sub}/ folder (expected the DUTS-TR layout)")
     found = find_by_stem(root / DUTS_IMAGES, root / DUTS_MASKS)
-    return [replace(s, mask=None, gt=s.mask, group="duts") for s in found.samples if s.problem is None]
+    coarse = root / DUTS_COARSE
+    return [replace(s, mask=_present(coarse / f"{s.image.stem}.png"), gt=s.mask, group="duts")
+            for s in found.samples if s.problem is None]
+
+
+def _present(path: Path) -> Path | None:
+    """``path`` if it is a file, else ``None``."""
+    return path if path.is_file() else None
 
 
 def davis_sequences(root: PathLike, folder: str = "JPEGImages") -> list[str]:
@@ -227,8 +237,7 @@ def find_davis(root: PathLike, sequences: Sequence[str] | None = None, coarse_di
                 continue
             gt = root / "Annotations" / seq / f"{im.stem}.png"
             coarse = root / coarse_dir / seq / f"{im.stem}.png"
-            samples.append(Sample(f"{seq}/{im.stem}", im, coarse if coarse.is_file() else None,
-                                  gt if gt.is_file() else None, seq))
+            samples.append(Sample(f"{seq}/{im.stem}", im, _present(coarse), _present(gt), seq))
     return samples
 
 

@@ -44,7 +44,8 @@ def list_davis(root: str | os.PathLike, sequences: Sequence[str] | None = None) 
 
 
 def list_duts(root: str | os.PathLike) -> list[Sample]:
-    """Training samples of a DUTS-TR folder (``DUTS-TR-Image`` + ``DUTS-TR-Mask``); no real coarse masks."""
+    """Training samples of a DUTS-TR folder (``DUTS-TR-Image`` + ``DUTS-TR-Mask``), with the bundled PSPNet's
+    coarse masks (``coarse_pspnet/``) attached where they were written."""
     samples = find_duts(root)
     if not samples:
         raise ValueError(f"duts: no DUTS-TR-Image / DUTS-TR-Mask pairs in {root}")

@@ -71,6 +71,7 @@ class TrainConfig(JsonConfig):
     duts: str | None = None
     duts_dev_count: int = DUTS_DEV_COUNT
     duts_repeat: int = 1
+    duts_coarse_repeat: int = 1  # DUTS photos with a real coarse mask appear this many times (they are few)
     # a DAVIS-layout folder of training sequences only (the DAVIS-2016 train set): every sequence trains,
     # but davis_train_dev_sequences are held back as dev (it has no validation split of its own)
     davis_train: str | None = None
@@ -200,10 +201,13 @@ def build_data(cfg: TrainConfig, preload_threads: int = 4) -> DataBundle:
                             "val_sequences": va_seq, "train": len(dv_train), "repeat": cfg.davis_repeat}
     if cfg.duts:
         du_train, du_dev = hold_out_by_name(D.list_duts(cfg.duts), cfg.duts_dev_count if dev else 0, DEV_SALT)
-        train_items += du_train * max(1, cfg.duts_repeat)
+        du_train = _without_real_coarse(du_train, "duts" not in cfg.real_coarse_sources)
+        du_coarse = [s for s in du_train if s.mask is not None]
+        train_items += du_train * max(1, cfg.duts_repeat) + du_coarse * (max(1, cfg.duts_coarse_repeat) - 1)
         if du_dev:
             val_items["duts"] = du_dev
-        summary["duts"] = {"path": cfg.duts, "train": len(du_train), "dev": len(du_dev), "repeat": cfg.duts_repeat}
+        summary["duts"] = {"path": cfg.duts, "train": len(du_train), "dev": len(du_dev), "repeat": cfg.duts_repeat,
+                           "with_coarse": len(du_coarse), "coarse_repeat": cfg.duts_coarse_repeat}
     if cfg.davis_train:
         seqs = davis_sequences(cfg.davis_train)
         held = [q for q in cfg.davis_train_dev_sequences if q in seqs] if dev else []

@@ -254,6 +254,12 @@ def test_duts_listing_and_the_dev_carve(tmp_path):
     assert tuple(hold_out_names(davis_train, 3)) == DAVIS_TRAIN_DEV_SEQUENCES
     with pytest.raises(ValueError, match="DUTS-TR-Image"):
         D.list_duts(tmp_path)
+    # a PSPNet coarse mask written under coarse_pspnet/ is attached to its photo, and only to it
+    (tmp_path / "duts" / "coarse_pspnet").mkdir()
+    cv2.imwrite(str(tmp_path / "duts" / "coarse_pspnet" / "ILSVRC_0002.png"), np.zeros((48, 64), np.uint8))
+    with_coarse = {it.name: it.mask for it in D.list_duts(tmp_path / "duts")}
+    assert with_coarse.pop("ILSVRC_0002").name == "ILSVRC_0002.png"
+    assert set(with_coarse.values()) == {None}
     with pytest.raises(ValueError, match="count"):
         hold_out_by_name(items, 9)
 

@@ -177,6 +177,29 @@ def test_build_data_splits_and_rejects_empty(folder, tmp_path):
         TrainConfig(preset="vgg")
 
 
+def test_duts_real_coarse_masks_reach_training_only_when_asked_and_repeat(tmp_path):
+    root = tmp_path / "duts"
+    hs = write_folder(tmp_path / "hs", n=6)
+    for sub in ("DUTS-TR-Image", "DUTS-TR-Mask", "coarse_pspnet"):
+        (root / sub).mkdir(parents=True)
+    for i in range(6):
+        (root / "DUTS-TR-Image" / f"ILSVRC_{i:04d}.png").write_bytes((hs / f"s{i}_im.png").read_bytes())
+        (root / "DUTS-TR-Mask" / f"ILSVRC_{i:04d}.png").write_bytes((hs / f"s{i}_gt.png").read_bytes())
+    for stem in ("ILSVRC_0001", "ILSVRC_0004"):
+        gt = root / "DUTS-TR-Mask" / f"{stem}.png"
+        (root / "coarse_pspnet" / f"{stem}.png").write_bytes(gt.read_bytes())
+
+    def items(**kw) -> list:
+        cfg = tiny_config(tmp_path, tmp_path / "out", human_seg=None, duts=str(root), duts_dev_count=0, **kw)
+        return build_data(cfg).train.store.items
+
+    plain = items()  # the default sources leave DUTS's masks out
+    assert len(plain) == 6 and all(it.mask is None for it in plain)
+    real = items(real_coarse_sources=("duts",), duts_coarse_repeat=3)
+    assert len(real) == 6 + 2 * 2
+    assert sorted(it.name for it in real if it.mask is not None) == ["ILSVRC_0001"] * 3 + ["ILSVRC_0004"] * 3
+
+
 def test_script_trains_and_resumes(folder, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("train_refiner", REPO / "scripts" / "train_refiner.py")
     script = importlib.util.module_from_spec(spec)
