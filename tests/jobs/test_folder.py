@@ -341,7 +341,8 @@ def test_binary_mode_warns_when_a_label_map_has_no_foreground(tmp_path):
 def test_with_the_real_refiner_outputs_have_the_mask_size_and_come_closer_to_the_truth(tmp_path):
     """The bundled refiner, not a stand-in: each written mask is its refinement of that photo (RGB) and that
     coarse mask, and is closer to the ground truth than the too-fat coarse mask (global step only at L=96, for
-    speed: measured IoU 0.784 -> 0.831 and 0.805 -> 0.859 with the JM1 default, 0.836 / 0.904 with JK before it;
+    speed: measured IoU 0.784 -> 0.831 and 0.805 -> 0.859 with JM1 (not re-measured for JN1, the
+    default since, which passes), 0.836 / 0.904 with JK before it;
     the full pipeline at L=900 reaches 0.928 / 0.967)."""
     refiner = cascadepsp.Refiner(device="cpu")
     src = tmp_path / "d"
