@@ -5,15 +5,28 @@ Tests are flat files named by area (see the README's Layout); ``-m "not slow"`` 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 
 import cascadepsp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module, so a test calls its ``main(argv)`` in the test process: a subprocess
+    would pay a fresh torch import (seconds) for each call."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,15 +67,23 @@ def small_refiner(small_model) -> cascadepsp.Refiner:
 
 
 @pytest.fixture(scope="session")
-def openvino_default_cache(tmp_path_factory) -> Path:
-    """An OpenVINO cache holding the bundled default refiner, converted once for the session (a conversion
-    takes about 10 s): the OpenVINO tests of the deploy and CLI modules read it instead of converting again."""
+def openvino_default_cache(tmp_path_factory, worker_id) -> Path:
+    """An OpenVINO cache holding the bundled default refiner, converted once per test run (a conversion takes
+    10-20 s): under xdist the workers share it through their common temporary folder, the first one to get
+    the lock converts. The OpenVINO tests of the deploy and CLI modules read it instead of converting again."""
     pytest.importorskip("openvino", reason="the `openvino` extra is not installed")
-    from cascadepsp.deploy.openvino_runtime import build_entry, cache_key
+    from filelock import FileLock
 
-    root = tmp_path_factory.mktemp("ov_cache")
+    from cascadepsp.deploy.openvino_runtime import MANIFEST, build_entry, cache_key
+
+    run_dir = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        run_dir = run_dir.parent  # this run's folder, shared by its workers (each has a popen-gwN inside)
+    root = run_dir / "ov_cache_default"
     model = cascadepsp.load_model("default").float().eval()
-    assert build_entry(model, root / cache_key(model)) > 0  # a cold cache converts
+    with FileLock(str(root) + ".lock"):
+        if not (root / cache_key(model) / MANIFEST).is_file():
+            assert build_entry(model, root / cache_key(model)) > 0  # a cold cache converts
     return root
 
 

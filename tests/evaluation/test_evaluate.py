@@ -1,13 +1,13 @@
 """Baselines, dataset discovery and the end-to-end evaluation (library function and script) on tiny data."""
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import load_script
 from PIL import Image
 
 import cascadepsp
@@ -229,16 +229,9 @@ def test_evaluate_limit_and_bad_arguments(tmp_path):
         save_figure(only_coarse, tmp_path / "x.png")
 
 
-def _load_script(name: str = "evaluate"):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_without_network(tmp_path, capsys):
     _write_flat(tmp_path / "data", 3)
-    script = _load_script()
+    script = load_script("evaluate")
     rc = script.main([str(tmp_path / "data"), "--methods", "coarse,guided,morph",
                       "--out-csv", str(tmp_path / "r.csv"), "--figure", str(tmp_path / "f.png")])
     assert rc == 0
@@ -279,7 +272,7 @@ def test_dev_split_is_the_part_the_trainer_holds_back(tmp_path):
 
 
 def test_boundary_headroom_oracles(tmp_path, capsys):
-    headroom = _load_script("boundary_headroom")
+    headroom = load_script("boundary_headroom")
     _, seg, gt = _scene(1)
     coarse, truth = seg > 127, gt > 127
     # k = 0: the ground truth on the coarse boundary pixels only; larger k: closer and closer to the ground truth

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from synthetic_data import shape_pair
 from torch import nn
 
@@ -386,15 +386,8 @@ def test_outputs_never_overwrite_inputs_and_duplicate_stems_get_suffixes(refiner
     assert {p.name for p in collect_images([tmp_path / "a"], tmp_path / "a")} == {"img0.png"}
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_with_weight_files(model, tmp_path, capsys):
-    cli = _load_script("segment_and_refine")
+    cli = load_script("segment_and_refine")
     psp_path = pspnet.save(model, tmp_path / "psp.safetensors")
     torch.manual_seed(0)
     rm_path = cascadepsp.save_model(cascadepsp.create_model("resnet18"), tmp_path / "rm.safetensors")
@@ -433,7 +426,7 @@ def test_evaluate_pspnet_script_scores_the_predictions(model, tmp_path, capsys):
         images.append(image)
         gts.append(gt > 127)
     weights = pspnet.save(model, tmp_path / "psp.safetensors")
-    script = _load_script("evaluate_pspnet")
+    script = load_script("evaluate_pspnet")
     out_json = tmp_path / "s.json"
     assert script.main([str(data), "--weights", str(weights), "--flip", "--scales", "0.75", "1",
                         "--threshold", "0.4", "--out-json", str(out_json)]) == 0

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from synthetic_data import write_shapes_dataset
 
 import pspnet
@@ -418,13 +419,7 @@ def test_init_warm_starts_from_saved_weights_and_refuses_another_architecture(sh
 
 
 def test_train_script_runs_and_resumes(shapes_root, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "train_pspnet", Path(__file__).resolve().parents[2] / "scripts" / "train_pspnet.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_pspnet")
     n = torch.get_num_threads()
     args = ["--data", str(shapes_root), "--out", str(tmp_path / "cli"), "--encoder", "resnet18", "--crop", "32",
             "--base-size", "48", "--batch-size", "4", "--iterations", "3", "--workers", "0", "--head-channels", "32",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from synthetic_data import write_shapes_dataset
 
 from cascadepsp.training.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, build_data, config_replace
@@ -201,9 +201,7 @@ def test_duts_real_coarse_masks_reach_training_only_when_asked_and_repeat(tmp_pa
 
 
 def test_script_trains_and_resumes(folder, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("train_refiner", REPO / "scripts" / "train_refiner.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_refiner")
     out = tmp_path / "run"
     args = ["--human-seg", str(folder), "--preset", "resnet18", "--iterations", "2", "--batch-size", "2", "--crop", "64",
             "--workers", "0", "--out", str(out), "--val-every", "0", "--val-items", "2", "--device", "cpu",

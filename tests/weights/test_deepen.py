@@ -3,13 +3,12 @@ live for training, clear errors where the networks do not fit."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import pytest
 import torch
+from conftest import load_script
 
 import cascadepsp
 from cascadepsp.inference.reference import image_to_tensor
@@ -59,16 +58,17 @@ def test_deepen_refuses_a_wider_encoder_and_names_the_tensor():
         deepen_state(source.state_dict(), target)
 
 
-def test_deepen_script_writes_a_lite1_file_the_trainer_can_start_from(tmp_path):
+def test_deepen_script_writes_a_lite1_file_the_trainer_can_start_from(tmp_path, capsys):
+    script = load_script("deepen_refiner")
     out = tmp_path / "lite1.safetensors"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "deepen_refiner.py"), "default", "lite1_guided",
-                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode != 0 and "default" in done.stderr  # a file path is needed, not a registry name
+    with pytest.raises(SystemExit) as refused:  # a file path is needed, not a registry name
+        script.main(["default", "lite1_guided", str(out)])
+    assert refused.value.code == 2 and "weights file not found: default" in capsys.readouterr().err
+    assert not out.exists()
     source = _lite0()
     src = cascadepsp.save_model(source, tmp_path / "lite0.safetensors")
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "deepen_refiner.py"), str(src), "lite1_guided",
-                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert script.main([str(src), "lite1_guided", str(out)]) == 0
+    assert "(efficientnet_lite0) ->" in capsys.readouterr().out
     model = cascadepsp.load_model(out)
     assert model.config.backbone == "efficientnet_lite1"
     assert cascadepsp.count_parameters(model) > cascadepsp.count_parameters(source)
