@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from cascadepsp.evaluation.metrics import confusion_matrix, iou_from_confusion
 from cascadepsp.io.layouts import Sample
+from cascadepsp.io.splits import evenly_spaced
 
 from .data import load_image, load_mask
 from .inference import predict
@@ -19,9 +20,7 @@ from .model import PSPNet
 def evaluate(model: PSPNet, samples: Sequence[Sample], mask_mode: str = "binary", max_images: int = 0,
              crop: int | None = None, base_size: int | None = None, progress: bool = False) -> dict[str, Any]:
     """mIoU of ``model`` on full-resolution validation images (via :func:`pspnet.predict`)."""
-    if max_images and len(samples) > max_images:
-        idx = np.linspace(0, len(samples) - 1, max_images).round().astype(int)
-        samples = [samples[i] for i in sorted(set(idx.tolist()))]
+    samples = evenly_spaced(samples, max_images)
     classes = max(model.config.classes, 2)
     conf = np.zeros((classes, classes), np.int64)
     was_training = model.training

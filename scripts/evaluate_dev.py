@@ -25,6 +25,7 @@ from cascadepsp.inference.reference import confine_to_band
 from cascadepsp.inference.refiner import Refiner
 from cascadepsp.io.atomic import write_atomic
 from cascadepsp.io.inputs import to_binary_mask
+from cascadepsp.io.splits import evenly_spaced
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = {}
     for name in names:
         samples = find_triplets(root / name)
-        if a.limit and len(samples) > a.limit:
-            samples = [samples[i] for i in np.linspace(0, len(samples) - 1, a.limit).round().astype(int)]
-        sets[name] = samples
+        sets[name] = evenly_spaced(samples, a.limit)
     if a.threads:
         import torch
 

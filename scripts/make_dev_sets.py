@@ -38,6 +38,7 @@ from cascadepsp.io.splits import (
     DEV_SALT,
     DUTS_DEV_COUNT,
     davis_eval_samples,
+    evenly_spaced,
     hold_out_by_name,
     select_samples,
 )
@@ -125,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         dev = hold_out_by_name(list_duts(args.duts), DUTS_DEV_COUNT, DEV_SALT)[1]
         write_set(out / "duts_lowres", dev, lambda s, gt: seeded_lowres(gt, s.name))
         if model is not None and args.duts_pspnet_count > 0:
-            pick = np.linspace(0, len(dev) - 1, min(len(dev), args.duts_pspnet_count)).round().astype(int)
-            write_set(out / "duts_pspnet", [dev[i] for i in sorted(set(pick))], pspnet_mask)
+            write_set(out / "duts_pspnet", evenly_spaced(dev, args.duts_pspnet_count), pspnet_mask)
         print(f"duts: {len(dev)} dev photos (lowres), {args.duts_pspnet_count} with PSPNet masks")
     return 0
 

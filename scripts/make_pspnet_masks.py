@@ -14,7 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -22,7 +21,7 @@ import pspnet
 from cascadepsp.io.atomic import write_atomic
 from cascadepsp.io.images import encode_png, read_rgb
 from cascadepsp.io.layouts import DUTS_COARSE
-from cascadepsp.io.splits import DEV_SALT, DUTS_DEV_COUNT, hold_out_by_name
+from cascadepsp.io.splits import DEV_SALT, DUTS_DEV_COUNT, evenly_spaced, hold_out_by_name
 from cascadepsp.training.data import list_duts
 
 
@@ -39,13 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     train = hold_out_by_name(list_duts(args.root), DUTS_DEV_COUNT, DEV_SALT)[0]
-    n = len(train) if args.count is None else min(args.count, len(train))
-    pick = sorted(set(np.linspace(0, len(train) - 1, n).round().astype(int).tolist()))
     model = pspnet.load(args.weights)
     out_dir = Path(args.root) / DUTS_COARSE
     out_dir.mkdir(exist_ok=True)
-    written = 0
-    for s in tqdm([train[i] for i in pick], desc="pspnet"):
+    written, picked = 0, evenly_spaced(train, args.count)
+    for s in tqdm(picked, desc="pspnet"):
         out = out_dir / f"{s.image.stem}.png"
         if out.is_file():
             continue
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         _, mask = pspnet.predict(image, model)
         write_atomic(out, encode_png((mask > 0).astype("uint8") * 255))
         written += 1
-    print(f"wrote {written} masks under {out_dir} ({len(pick) - written} kept)")
+    print(f"wrote {written} masks under {out_dir} ({len(picked) - written} kept)")
     return 0
 
 

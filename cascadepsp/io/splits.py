@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
 from .images import PathLike
 from .layouts import DAVIS_COARSE, Sample, davis_sequences, find_davis, find_original
 
@@ -28,6 +30,17 @@ SPLITS = ("all", "train", "val", "dev")  # the parts select_samples can return
 DEV_SALT = "dev"
 DUTS_DEV_COUNT = 500
 DAVIS_TRAIN_DEV_SEQUENCES = ("bmx-bumps", "surf", "train")  # = hold_out_names(<the 30 sequences>, 3)
+
+
+def evenly_spaced(items: Sequence[T], count: int | None) -> list[T]:
+    """``count`` of ``items`` spread evenly from the first to the last, in order (all of them when ``count`` is
+    None, 0 or at least their number): the fixed, seed-free subset every capped evaluation and example set uses."""
+    items = list(items)
+    if not count or count >= len(items):
+        return items
+    if count < 0:
+        raise ValueError(f"count: expected >= 0, got {count}")
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
 def _hash_rank(names: Sequence[str], salt: str | int) -> list[str]:

@@ -23,6 +23,7 @@ from ..configs import JsonConfig
 from ..inference.reference import normalise_u8
 from ..io.images import IMAGE_EXTS, fit_size, read_rgb, read_soft_mask
 from ..io.layouts import Sample, find_davis, find_duts, find_original
+from ..io.splits import evenly_spaced
 from .perturb import LowResConfig, PerturbConfig, lowres_mask, perturb_mask
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -480,13 +481,11 @@ class ValExample:
 
 def build_val_examples(items: Sequence[Sample], max_side: int = 640, max_items: int | None = 64, seed: int = 0,
                        perturb: PerturbConfig | None = None) -> list[ValExample]:
-    """Evenly spaced ``max_items`` of ``items`` (all if None), size-capped, each with a seeded synthetic
+    """Evenly spaced ``max_items`` of ``items`` (all if None or 0), size-capped, each with a seeded synthetic
     coarse mask (perturbed at the validation size) and the source's real coarse mask where present."""
     items = list(items)
     perturb = perturb if perturb is not None else PerturbConfig()
-    if max_items is not None and len(items) > max_items:
-        pick = np.linspace(0, len(items) - 1, max_items).round().astype(int)
-        items = [items[i] for i in pick]
+    items = evenly_spaced(items, max_items)
     store = ImageStore(items, max_side)
     out = []
     for i, it in enumerate(items):

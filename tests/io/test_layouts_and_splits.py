@@ -97,6 +97,17 @@ def test_split_by_name_is_stable_and_uses_the_seeded_sha1(tmp_path):
     assert splits.split_by_name(items[::-1], 0.2, seed=4)[1] == val[::-1]
 
 
+def test_evenly_spaced_keeps_the_ends_the_order_and_no_duplicates():
+    items = [f"p{i:03d}" for i in range(225)]
+    picked = splits.evenly_spaced(items, 45)
+    assert len(picked) == len(set(picked)) == 45 and picked == sorted(picked)
+    assert picked[0] == "p000" and picked[-1] == "p224" and picked[1] == "p005"  # a step of 224 / 44 = 5.09
+    assert splits.evenly_spaced(items, 1) == ["p000"]
+    assert splits.evenly_spaced(items, 0) == splits.evenly_spaced(items, None) == splits.evenly_spaced(items, 999) == items
+    with pytest.raises(ValueError, match="count: expected >= 0, got -1"):
+        splits.evenly_spaced(items, -1)
+
+
 # ------------------------------------------------------------------------------------------------ reading
 
 H, W = 30, 40
