@@ -94,14 +94,15 @@ def test_calibration_records_every_network_call_of_both_graphs(default_model):
         calibration.record_inputs(default_model, pair, graphs=("decoder",))
 
 
-@pytest.mark.parametrize("engine", ["batched", "reference"])
-def test_int8_agrees_with_fp32_on_a_real_photo(int8_cache, default_model, engine, monkeypatch):
+def test_int8_agrees_with_fp32_on_a_real_photo(int8_cache, default_model, monkeypatch):
+    """The batched engine (the reference engine makes the same network calls one window at a time; both engines
+    run the OpenVINO graphs in tests/deploy/test_export.py)."""
     small_calibration(monkeypatch)  # the calibration is part of the entry's key: the fixture's entry
     im, seg = photo()
-    fp32 = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend="openvino",
-                              precision="fp32", cache_dir=int8_cache)
-    int8 = cascadepsp.Refiner(device="cpu", weights=default_model, engine=engine, backend="openvino",
-                              precision="int8", cache_dir=int8_cache)
+    fp32 = cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="fp32",
+                              cache_dir=int8_cache)
+    int8 = cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8",
+                              cache_dir=int8_cache)
     assert int8.model.quantization_seconds == 0.0 and int8.model.entry != fp32.model.entry  # cached, apart
     expected, got = fp32.refine_probability(im, seg, L=L), int8.refine_probability(im, seg, L=L)
     assert binary_iou(got, expected) >= IOU_BOUND
