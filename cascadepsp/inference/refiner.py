@@ -123,6 +123,11 @@ def probability_to_uint8(prob: np.ndarray, threshold: float | None) -> np.ndarra
     return (prob * 255).astype(np.uint8)
 
 
+# int8 runs only when this is "1": a crash in OpenVINO's int8 kernels (docs/performance.md, 2026-12-06) would take
+# the whole process down with the user's work, so it is opt-in until an OpenVINO without the crash is verified
+ALLOW_INT8_ENV = "CASCADEPSP_ALLOW_INT8"
+
+
 def _openvino_model(model: nn.Module, device: torch.device, precision: str, compile: bool,
                     cache_dir: str | os.PathLike | None,
                     quantization: QuantizationSettings | None = None) -> nn.Module:
@@ -140,6 +145,10 @@ def _openvino_model(model: nn.Module, device: torch.device, precision: str, comp
         precision = "bf16" if cpu_has_bf16() else "fp32"
     if precision != "int8":
         return OpenVINOModel(model, cache_dir=cache_dir, precision=precision)
+    if os.environ.get(ALLOW_INT8_ENV) != "1":
+        raise ValueError(f"precision: 'int8' is off: OpenVINO 2026.4 crashed (segmentation fault) running the int8 "
+                         f"window graph at common window heights (e.g. 904 px, the default L=900) on 2026-12-06; "
+                         f"use 'bf16' (about as fast), or set {ALLOW_INT8_ENV}=1 to try it (docs/performance.md)")
     from .calibration import calibration_id, record_inputs
 
     return OpenVINOModel(model, cache_dir=cache_dir, precision="int8", calibrate=record_inputs,

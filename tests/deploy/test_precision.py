@@ -19,6 +19,7 @@ from cascadepsp.deploy.openvino_runtime import OpenVINOModel, cpu_has_bf16
 from cascadepsp.deploy.quantize import QuantizationSettings
 from cascadepsp.evaluation.metrics import mask_iou
 from cascadepsp.inference import calibration
+from cascadepsp.inference.refiner import ALLOW_INT8_ENV
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "davis"
 IOU_BOUND = 0.99  # issue 30: binarised output against fp32's on a real photo
@@ -29,6 +30,22 @@ needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(single_thread):
     yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _int8_allowed():
+    """int8 is opt-in (an OpenVINO crash at some window heights, docs/performance.md); these tests run it at L=200,
+    whose window heights do not crash."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ALLOW_INT8_ENV, "1")
+        yield
+
+
+def test_int8_is_refused_with_the_reason_unless_the_user_opts_in(default_model, tmp_path, monkeypatch):
+    monkeypatch.delenv(ALLOW_INT8_ENV)
+    with pytest.raises(ValueError, match=f"'int8' is off: OpenVINO 2026.4 crashed .* set {ALLOW_INT8_ENV}=1"):
+        cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before converting anything
 
 
 @pytest.fixture(scope="module")
