@@ -146,9 +146,9 @@ def _openvino_model(model: nn.Module, device: torch.device, precision: str, comp
     if precision != "int8":
         return OpenVINOModel(model, cache_dir=cache_dir, precision=precision)
     if os.environ.get(ALLOW_INT8_ENV) != "1":
-        raise ValueError(f"precision: 'int8' is off: OpenVINO 2026.4 crashed (segmentation fault) running the int8 "
-                         f"window graph at common window heights (e.g. 904 px, the default L=900) on 2026-12-06; "
-                         f"use 'bf16' (about as fast), or set {ALLOW_INT8_ENV}=1 to try it (docs/performance.md)")
+        raise ValueError(f"precision: 'int8' is off: OpenVINO 2026.4 crashed (segmentation fault) running the bundled "
+                         f"default's int8 window graph at the default L=900 on 2026-12-06; use 'bf16' (about as "
+                         f"fast), or set {ALLOW_INT8_ENV}=1 to try it (docs/performance.md)")
     from .calibration import calibration_id, record_inputs
 
     return OpenVINOModel(model, cache_dir=cache_dir, precision="int8", calibrate=record_inputs,
