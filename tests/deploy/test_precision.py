@@ -34,7 +34,7 @@ def _one_thread(single_thread):
 
 @pytest.fixture(scope="module", autouse=True)
 def _int8_allowed():
-    """int8 is opt-in (an OpenVINO crash at some window heights, docs/performance.md); these tests run it at L=200,
+    """int8 is opt-in (an OpenVINO crash at the default L=900, docs/performance.md); these tests run it at L=200,
     where it has not crashed in any run so far."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ALLOW_INT8_ENV, "1")
