@@ -67,7 +67,7 @@ def small_refiner(small_model) -> cascadepsp.Refiner:
 
 
 @pytest.fixture(scope="session")
-def openvino_default_cache(tmp_path_factory, worker_id) -> Path:
+def openvino_default_cache(tmp_path_factory) -> Path:
     """An OpenVINO cache holding the bundled default refiner, converted once per test run (a conversion takes
     10-20 s): under xdist the workers share it through their common temporary folder, the first one to get
     the lock converts. The OpenVINO tests of the deploy and CLI modules read it instead of converting again."""
@@ -77,7 +77,7 @@ def openvino_default_cache(tmp_path_factory, worker_id) -> Path:
     from cascadepsp.deploy.openvino_runtime import MANIFEST, build_entry, cache_key
 
     run_dir = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
+    if os.environ.get("PYTEST_XDIST_WORKER"):
         run_dir = run_dir.parent  # this run's folder, shared by its workers (each has a popen-gwN inside)
     root = run_dir / "ov_cache_default"
     model = cascadepsp.load_model("default").float().eval()
