@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     model = pspnet.load(args.weights)
     out_dir = Path(args.root) / DUTS_COARSE
     out_dir.mkdir(exist_ok=True)
-    written, picked = 0, evenly_spaced(train, args.count)
+    picked = evenly_spaced(train, args.count)
+    written = 0
     for s in tqdm(picked, desc="pspnet"):
         out = out_dir / f"{s.image.stem}.png"
         if out.is_file():

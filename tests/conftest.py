@@ -81,9 +81,10 @@ def openvino_default_cache(tmp_path_factory) -> Path:
         run_dir = run_dir.parent  # this run's folder, shared by its workers (each has a popen-gwN inside)
     root = run_dir / "ov_cache_default"
     model = cascadepsp.load_model("default").float().eval()
+    entry = root / cache_key(model)
     with FileLock(str(root) + ".lock"):
-        if not (root / cache_key(model) / MANIFEST).is_file():
-            assert build_entry(model, root / cache_key(model)) > 0  # a cold cache converts
+        if not (entry / MANIFEST).is_file():
+            assert build_entry(model, entry) > 0  # a cold cache converts
     return root
 
 

@@ -35,11 +35,11 @@ DAVIS_TRAIN_DEV_SEQUENCES = ("bmx-bumps", "surf", "train")  # = hold_out_names(<
 def evenly_spaced(items: Sequence[T], count: int | None) -> list[T]:
     """``count`` of ``items`` spread evenly from the first to the last, in order (all of them when ``count`` is
     None, 0 or at least their number): the fixed, seed-free subset every capped evaluation and example set uses."""
+    if count is not None and count < 0:
+        raise ValueError(f"count: expected >= 0, got {count}")
     items = list(items)
     if not count or count >= len(items):
         return items
-    if count < 0:
-        raise ValueError(f"count: expected >= 0, got {count}")
     return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 

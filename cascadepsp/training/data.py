@@ -483,7 +483,6 @@ def build_val_examples(items: Sequence[Sample], max_side: int = 640, max_items: 
                        perturb: PerturbConfig | None = None) -> list[ValExample]:
     """Evenly spaced ``max_items`` of ``items`` (all if None or 0), size-capped, each with a seeded synthetic
     coarse mask (perturbed at the validation size) and the source's real coarse mask where present."""
-    items = list(items)
     perturb = perturb if perturb is not None else PerturbConfig()
     items = evenly_spaced(items, max_items)
     store = ImageStore(items, max_side)

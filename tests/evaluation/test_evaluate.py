@@ -37,8 +37,6 @@ from cascadepsp.evaluation.evaluate import (
 from cascadepsp.evaluation.metrics import SegMetrics, boundary_accuracy, mask_iou
 from cascadepsp.training.perturb import perturb_mask
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _scene(seed: int, h: int = 48, w: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -17,8 +17,6 @@ from cascadepsp.training.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, b
 from cascadepsp.weights.files import read_metadata
 from cascadepsp.weights.registry import load_model
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def write_folder(root: Path, n: int = 6) -> Path:
     """Textured ellipses on textured backgrounds, with a real-coarse ``_seg`` for half of them."""
