@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,19 @@ def build_int8_entry(fp32_entry: Path, entry: Path, inputs: dict[str, list[dict[
     return time.perf_counter() - t0
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Xeon since Sapphire Rapids), read from /proc/cpuinfo or torch."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        return "amx_int8" in cpuinfo.read_text()
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # other systems: torch's own probe, where it has one
+    return bool(check and check())
+
+
+def _is_quantised(graph: Any) -> bool:
+    return any(op.get_type_name() == "FakeQuantize" for op in graph.get_ops())
+
+
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin can run bf16 here (AVX-512 BF16 or AMX)."""
     return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -173,11 +187,19 @@ class OpenVINOModel(nn.Module):
     module running fp32 and ``graphs=`` the graphs to quantise; returns their inputs to calibrate on) when its
     cache entry does not exist yet, and ``calibration_id`` names those inputs in the entry's key.
     ``conversion_seconds`` (ONNX -> IR) and ``quantization_seconds`` (calibration + NNCF) are 0.0 when the
-    cache was warm."""
+    cache was warm.
+
+    ``static_shapes``: compile quantised graphs once per input shape instead of once for every shape. OpenVINO's
+    CPU plugin crashes (segmentation fault) running int8 graphs with dynamic shapes on AMX CPUs
+    (openvinotoolkit/openvino#37577, seen here with 2026.4), so ``None`` turns it on there; windows share one
+    shape, so it costs one compilation per window size (the last ``STATIC_SHAPES_KEPT`` are kept)."""
+
+    STATIC_SHAPES_KEPT = 4
 
     def __init__(self, model: nn.Module, cache_dir: str | os.PathLike | None = None,
                  threads: int | None = None, precision: str = "fp32", calibrate: Calibrate | None = None,
-                 calibration_id: str = "", settings: QuantizationSettings | None = None) -> None:
+                 calibration_id: str = "", settings: QuantizationSettings | None = None,
+                 static_shapes: bool | None = None) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {'/'.join(PRECISIONS)}, got {precision!r}")
@@ -188,6 +210,7 @@ class OpenVINOModel(nn.Module):
         self.config = getattr(model, "config", None)
         self.precision = precision
         self.threads = int(threads or torch.get_num_threads())
+        self.static_shapes = cpu_has_amx() if static_shapes is None else bool(static_shapes)
         root = Path(cache_dir) if cache_dir is not None else cache_root()
         fp32_entry = root / cache_key(model)
         self.conversion_seconds = self.quantization_seconds = 0.0
@@ -230,11 +253,28 @@ class OpenVINOModel(nn.Module):
 
     def _compile(self, entry: Path, precision: str) -> None:
         ov = _openvino()
-        core = ov.Core()
-        props = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
-                 "INFERENCE_NUM_THREADS": self.threads}
-        self._compiled = {g: core.compile_model(core.read_model(str(entry / f"{g}.xml")), "CPU", props)
-                          for g in GRAPHS}
+        self._core = ov.Core()
+        self._props = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                       "INFERENCE_NUM_THREADS": self.threads}
+        graphs = {g: self._core.read_model(str(entry / f"{g}.xml")) for g in GRAPHS}
+        # static: the graph read from disk, compiled per input shape in forward; else compiled once for all shapes
+        self._static = {g: graph for g, graph in graphs.items() if self.static_shapes and _is_quantised(graph)}
+        self._compiled = {g: self._core.compile_model(graph, "CPU", self._props)
+                          for g, graph in graphs.items() if g not in self._static}
+        self._by_shape: OrderedDict[tuple[str, tuple[tuple[int, ...], ...]], Any] = OrderedDict()
+
+    def _compiled_for(self, graph: str, feed: dict[str, np.ndarray]) -> Any:
+        if graph not in self._static:
+            return self._compiled[graph]
+        key = (graph, tuple(a.shape for a in feed.values()))
+        if key not in self._by_shape:
+            model = self._static[graph].clone()
+            model.reshape({name: list(a.shape) for name, a in feed.items()})
+            self._by_shape[key] = self._core.compile_model(model, "CPU", self._props)
+            while len(self._by_shape) > self.STATIC_SHAPES_KEPT:
+                self._by_shape.popitem(last=False)
+        self._by_shape.move_to_end(key)
+        return self._by_shape[key]
 
     def forward(self, x: Tensor, seg: Tensor, inter_s8: Tensor | None = None,
                 inter_s4: Tensor | None = None) -> dict[str, Tensor]:
@@ -244,7 +284,7 @@ class OpenVINOModel(nn.Module):
         tensors = (x, seg) if inter_s8 is None else (x, seg, inter_s8)
         feed = {name: np.ascontiguousarray(t.detach().float().cpu().numpy())
                 for name, t in zip(INPUT_NAMES[graph], tensors, strict=True)}
-        compiled = self._compiled[graph]
+        compiled = self._compiled_for(graph, feed)
         result = compiled(feed)
         outputs = [torch.from_numpy(np.array(result[compiled.output(i)])) for i in range(len(OUTPUT_KEYS[graph]))]
         return dict(zip(OUTPUT_KEYS[graph], outputs, strict=True))

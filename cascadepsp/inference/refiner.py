@@ -123,11 +123,6 @@ def probability_to_uint8(prob: np.ndarray, threshold: float | None) -> np.ndarra
     return (prob * 255).astype(np.uint8)
 
 
-# int8 runs only when this is "1": OpenVINO 2026.4's int8 kernels crashed on an AMX CPU (docs/performance.md,
-# 2026-12-06), which would take the whole process down with the user's work; opt-in until a fix is verified
-ALLOW_INT8_ENV = "CASCADEPSP_ALLOW_INT8"
-
-
 def _openvino_model(model: nn.Module, device: torch.device, precision: str, compile: bool,
                     cache_dir: str | os.PathLike | None,
                     quantization: QuantizationSettings | None = None) -> nn.Module:
@@ -145,10 +140,6 @@ def _openvino_model(model: nn.Module, device: torch.device, precision: str, comp
         precision = "bf16" if cpu_has_bf16() else "fp32"
     if precision != "int8":
         return OpenVINOModel(model, cache_dir=cache_dir, precision=precision)
-    if os.environ.get(ALLOW_INT8_ENV) != "1":
-        raise ValueError(f"precision: 'int8' is off: OpenVINO 2026.4's int8 kernels crashed (segmentation fault) on a "
-                         f"CPU with AMX on 2026-12-06; use 'bf16' (about as fast), or set {ALLOW_INT8_ENV}=1 (on an "
-                         f"AMX CPU also ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI, which avoided it; docs/performance.md)")
     from .calibration import calibration_id, record_inputs
 
     return OpenVINOModel(model, cache_dir=cache_dir, precision="int8", calibrate=record_inputs,

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import republish_entry
 
 import cascadepsp
@@ -19,7 +20,6 @@ from cascadepsp.deploy.openvino_runtime import OpenVINOModel, cpu_has_bf16
 from cascadepsp.deploy.quantize import QuantizationSettings
 from cascadepsp.evaluation.metrics import mask_iou
 from cascadepsp.inference import calibration
-from cascadepsp.inference.refiner import ALLOW_INT8_ENV
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "davis"
 IOU_BOUND = 0.99  # issue 30: binarised output against fp32's on a real photo
@@ -30,22 +30,6 @@ needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(single_thread):
     yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _int8_allowed():
-    """int8 is opt-in (an OpenVINO crash on AMX CPUs, docs/performance.md); these tests run it at L=200,
-    where it has not crashed in any run so far."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ALLOW_INT8_ENV, "1")
-        yield
-
-
-def test_int8_is_refused_with_the_reason_unless_the_user_opts_in(default_model, tmp_path, monkeypatch):
-    monkeypatch.delenv(ALLOW_INT8_ENV)
-    with pytest.raises(ValueError, match=f"'int8' is off: OpenVINO 2026.4.* crashed .* set {ALLOW_INT8_ENV}=1"):
-        cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8", cache_dir=tmp_path)
-    assert not any(tmp_path.iterdir())  # refused before converting anything
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +108,29 @@ def test_int8_agrees_with_fp32_on_a_real_photo(int8_cache, default_model, monkey
     expected, got = fp32.refine_probability(im, seg, L=L), int8.refine_probability(im, seg, L=L)
     assert binary_iou(got, expected) >= IOU_BOUND
     assert not np.array_equal(got, expected)  # it really ran another graph
+
+
+def test_int8_compiles_once_per_shape_where_dynamic_shapes_crash(int8_cache, default_model, monkeypatch):
+    """On AMX CPUs OpenVINO's int8 kernels crash with dynamic shapes (openvinotoolkit/openvino#37577), so the
+    quantised graph is compiled per input shape there; forced on here, so the path runs on every CPU."""
+    small_calibration(monkeypatch)
+    monkeypatch.setattr(openvino_runtime, "cpu_has_amx", lambda: True)
+    assert OpenVINOModel(default_model, cache_dir=int8_cache, precision="fp32").static_shapes  # auto: on AMX
+    fp32 = cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="fp32",
+                              cache_dir=int8_cache)
+    static = cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8",
+                                cache_dir=int8_cache)
+    model = static.model
+    assert set(model._static) == {"window"} and "window" not in model._compiled  # the global graph is fp32
+    im, seg = photo()
+    assert binary_iou(static.refine_probability(im, seg, L=L), fp32.refine_probability(im, seg, L=L)) >= IOU_BOUND
+    assert {graph for graph, _ in model._by_shape} == {"window"} and model._by_shape  # compiled for its windows
+    x, inter = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64) * 2 - 1
+    for side in (64, 72, 80, 88, 96):  # one more shape than are kept: the oldest compilation is dropped
+        out = model(x.new_zeros(1, 3, side, side) + x.mean(), inter.new_zeros(1, 1, side, side), inter.new_zeros(1, 1, side, side))
+        assert out["pred_224"].shape[-2:] == (side, side)
+    assert len(model._by_shape) == model.STATIC_SHAPES_KEPT
+    assert [shapes[0][-1] for _, shapes in model._by_shape] == [72, 80, 88, 96]
 
 
 @needs_bf16
