@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="CPU threads (torch and OpenVINO)")
     p.add_argument("--int8-settings", help="JSON of QuantizationSettings fields replacing the shipped ones "
                                            "(candidates for cascadepsp/deploy/quantize.py, compared on dev)")
+    p.add_argument("--second-pass-iou", type=float, help="replaces the weights' second-pass threshold "
+                                                          "(RMConfig.second_pass_iou; candidates, compared on dev)")
     p.add_argument("--sets", help="comma-separated set names (default: every sub-folder)")
     p.add_argument("--limit", type=int, help="at most N evenly spaced photos per set (quick comparisons)")
     p.add_argument("--bands", default="", help="comma-separated edit-band widths to try (fractions of (H+W)/2)")
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     quantization = QuantizationSettings.from_dict(json.loads(a.int8_settings)) if a.int8_settings else None
     refiner = Refiner(device=a.device, weights=a.weights, backend=a.backend, precision=a.precision,
                       quantization=quantization)
+    if a.second_pass_iou is not None:
+        refiner.second_pass_iou = a.second_pass_iou
     methods = band_methods(refiner, [float(b) for b in a.bands.split(",") if b])
     for b in (x for x in a.baselines.split(",") if x):
         methods[b] = BASELINES[b]

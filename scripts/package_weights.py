@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="more metadata to record as text (e.g. data=..., hardware=..., train_time_s=...)")
     p.add_argument("--edit-band", type=float, default=None,
                    help="refiner only: the do-no-harm edit band stored with it (RMConfig.edit_band; 0: off)")
+    p.add_argument("--second-pass-iou", type=float, default=None,
+                   help="refiner only: refine again when the result's IoU with the coarse mask is below this "
+                        "(RMConfig.second_pass_iou; 0: one pass)")
     p.add_argument("--base-size", type=int, default=None, help="PSPNet only: long side to predict at")
     p.add_argument("--crop", type=int, default=None, help="PSPNet only: sliding-window size")
     p.add_argument("--threshold", type=float, default=None, help="PSPNet only: foreground probability threshold")
@@ -53,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     pspnet_options = (a.base_size, a.crop, a.threshold, a.min_component_fraction, a.scales)
     if not is_pspnet and any(v is not None for v in pspnet_options):
         p.error("--base-size / --crop / --threshold / --min-component-fraction / --scales apply to PSPNet weights only")
-    if is_pspnet and a.edit_band is not None:
-        p.error("--edit-band applies to refiner weights only")
+    if is_pspnet and (a.edit_band, a.second_pass_iou) != (None, None):
+        p.error("--edit-band / --second-pass-iou apply to refiner weights only")
     meta = {k: v for k, v in source_meta.items() if k not in _OWN_KEYS}
     evaluation = {}
     for item in a.eval:
@@ -83,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         out = pspnet.save(model, a.dst, metadata=meta, half=True)
     else:
         model, _ = load_safetensors_model(a.src)
-        if a.edit_band is not None:
-            try:
-                model.config = dataclasses.replace(model.config, edit_band=a.edit_band)
-            except ValueError as e:
-                p.error(str(e))
+        recipe = {k: v for k, v in (("edit_band", a.edit_band), ("second_pass_iou", a.second_pass_iou))
+                  if v is not None}
+        try:
+            model.config = dataclasses.replace(model.config, **recipe)
+        except ValueError as e:
+            p.error(str(e))
         out = save_model(model, a.dst, metadata=meta, half=True)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB)")
     return 0

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -262,19 +263,21 @@ class OpenVINOModel(nn.Module):
         self._compiled = {g: self._core.compile_model(graph, "CPU", self._props)
                           for g, graph in graphs.items() if g not in self._static}
         self._by_shape: OrderedDict[tuple[str, tuple[tuple[int, ...], ...]], Any] = OrderedDict()
+        self._by_shape_lock = threading.Lock()  # callers may share one model across threads (serve)
 
     def _compiled_for(self, graph: str, feed: dict[str, np.ndarray]) -> Any:
         if graph not in self._static:
             return self._compiled[graph]
         key = (graph, tuple(a.shape for a in feed.values()))
-        if key not in self._by_shape:
-            model = self._static[graph].clone()
-            model.reshape({name: list(a.shape) for name, a in feed.items()})
-            self._by_shape[key] = self._core.compile_model(model, "CPU", self._props)
-            while len(self._by_shape) > self.STATIC_SHAPES_KEPT:
-                self._by_shape.popitem(last=False)
-        self._by_shape.move_to_end(key)
-        return self._by_shape[key]
+        with self._by_shape_lock:
+            if key not in self._by_shape:
+                model = self._static[graph].clone()
+                model.reshape({name: list(a.shape) for name, a in feed.items()})
+                self._by_shape[key] = self._core.compile_model(model, "CPU", self._props)
+                while len(self._by_shape) > self.STATIC_SHAPES_KEPT:
+                    self._by_shape.popitem(last=False)
+            self._by_shape.move_to_end(key)
+            return self._by_shape[key]
 
     def forward(self, x: Tensor, seg: Tensor, inter_s8: Tensor | None = None,
                 inter_s4: Tensor | None = None) -> dict[str, Tensor]:

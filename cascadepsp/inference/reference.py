@@ -172,6 +172,11 @@ def edit_band(model: nn.Module) -> float:
     return float(getattr(getattr(model, "config", None), "edit_band", 0.0))
 
 
+def second_pass_iou(model: nn.Module) -> float:
+    """The second-pass threshold stored with the weights (``RMConfig.second_pass_iou``; 0 = one pass)."""
+    return float(getattr(getattr(model, "config", None), "second_pass_iou", 0.0))
+
+
 def band_radius(h: int, w: int, fraction: float) -> float:
     """The edit band's radius in pixels for an h x w image: ``fraction`` x (h + w) / 2."""
     return fraction * (h + w) / 2

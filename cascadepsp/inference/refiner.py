@@ -17,6 +17,7 @@ from ..deploy.openvino_runtime import PRECISIONS as OPENVINO_PRECISIONS
 from ..deploy.openvino_runtime import OpenVINOModel, cpu_has_bf16
 from ..deploy.quantize import QuantizationSettings
 from ..devices import resolve_device
+from ..evaluation.metrics import mask_iou
 from ..io.inputs import check_same_size, mask_max, mask_size, to_binary_mask, to_rgb_uint8
 from ..weights.registry import create_model, load_model
 from . import reference as inference
@@ -187,6 +188,7 @@ class Refiner:
         self.backend = backend
         self.model = _resolve_model(weights).to(self.device).eval()
         self.edit_band = inference.edit_band(self.model)  # read before a backend replaces the module
+        self.second_pass_iou = inference.second_pass_iou(self.model)
         if backend == "openvino":
             self.model = _openvino_model(self.model, self.device, precision, compile, cache_dir, quantization)
             channels_last = False  # the OpenVINO graph takes plain contiguous arrays
@@ -214,17 +216,24 @@ class Refiner:
             return np.zeros(fg.shape, np.float32)
         if fg.all():
             return np.ones(fg.shape, np.float32)
-        if self._runner is not None:
-            prob = self._runner.refine(rgb, fg, L=L, fast=fast)
-        else:
-            im = inference.image_to_tensor(rgb, self.device)
-            seg = inference.mask_to_tensor(fg, self.device)
-            if fast:
-                out = inference.refine_single_pass(self.model, im, seg, L)
-            else:
-                out = inference.refine_reference(self.model, im, seg, L)
-            prob = out[0, 0].float().cpu().numpy()
+        prob = self._one_pass(rgb, fg, fast, L)
+        if self.second_pass_iou > 0:  # a weak mask the first pass changed a lot gets a second look
+            first = prob >= 0.5
+            if first.any() and not first.all() and mask_iou(first, fg) < self.second_pass_iou:
+                prob = self._one_pass(rgb, first, fast, L)
         return inference.confine_to_band(prob, fg, self.edit_band)
+
+    def _one_pass(self, rgb: np.ndarray, fg: np.ndarray, fast: bool, L: int) -> np.ndarray:
+        """One refinement of ``fg`` (bool, both classes present): float32 probabilities at the image size."""
+        if self._runner is not None:
+            return self._runner.refine(rgb, fg, L=L, fast=fast)
+        im = inference.image_to_tensor(rgb, self.device)
+        seg = inference.mask_to_tensor(fg, self.device)
+        if fast:
+            out = inference.refine_single_pass(self.model, im, seg, L)
+        else:
+            out = inference.refine_reference(self.model, im, seg, L)
+        return out[0, 0].float().cpu().numpy()
 
     def refine(self, image: Any, mask: Any, fast: bool = False, L: int = 900, threshold: float | None = None,
                bgr: bool = False) -> np.ndarray:

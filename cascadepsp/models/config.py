@@ -54,6 +54,10 @@ class RMConfig(JsonConfig):
     # mask's boundary (cascadepsp.inference.reference.confine_to_band); farther pixels keep the coarse label, so a
     # good mask can only move near its own boundary. 0 = unconfined (the original).
     edit_band: float = 0.0
+    # > 0: when the binarised result differs from the coarse mask by an IoU below this, the whole refinement
+    # runs once more from that result (a weak mask gains from a second look; a good one, which changes little,
+    # keeps one pass). 0 = one pass (the original).
+    second_pass_iou: float = 0.0
 
     def __post_init__(self) -> None:
         known = sorted([*BACKBONE_BLOCKS, *ENCODER_BACKBONES])
@@ -69,6 +73,8 @@ class RMConfig(JsonConfig):
             raise ValueError(f"local_fg_band must be (low, high) with 0 <= low <= high <= 1, got {self.local_fg_band}")
         if not 0.0 <= self.edit_band <= 1.0:
             raise ValueError(f"edit_band must be in [0, 1] (a fraction of (H + W) / 2; 0 = off), got {self.edit_band}")
+        if not 0.0 <= self.second_pass_iou <= 1.0:
+            raise ValueError(f"second_pass_iou must be in [0, 1] (0 = one pass), got {self.second_pass_iou}")
 
     @property
     def is_encoder(self) -> bool:

@@ -275,3 +275,38 @@ def _Scripted_with(config: RMConfig) -> _Scripted:
     model = _Scripted()
     model.config = config
     return model
+
+
+class _Growing(torch.nn.Module):
+    """Every pass predicts the mask it was given grown by ``radius`` px (a square max filter)."""
+
+    def __init__(self, radius: int, config: RMConfig):
+        super().__init__()
+        self.radius, self.config, self.calls = radius, config, 0
+
+    def forward(self, x, seg, inter_s8=None, inter_s4=None):
+        self.calls += 1
+        p = torch.nn.functional.max_pool2d((seg > 0).float(), 2 * self.radius + 1, 1, self.radius)
+        return {"pred_224": p, "pred_28_3": p, "pred_56_2": p}
+
+
+@pytest.mark.parametrize("engine", ["reference", "batched"])
+def test_a_second_pass_runs_only_where_the_first_changed_the_mask_a_lot(engine):
+    """RMConfig.second_pass_iou: the refinement runs again from its binarised result when that differs from the
+    coarse mask by an IoU below the threshold (a weak mask), and once otherwise (a good one)."""
+    image = np.zeros((200, 200, 3), np.uint8)
+
+    def refined_side(side: int, radius: int, threshold: float) -> tuple[int, int]:
+        mask = np.zeros((200, 200), bool)
+        mask[100 - side // 2:100 + side // 2, 100 - side // 2:100 + side // 2] = True
+        model = _Growing(radius, RMConfig(second_pass_iou=threshold))
+        refiner = Refiner(device="cpu", weights=model, engine=engine)
+        model = refiner.model  # the Refiner's own copy counts its calls
+        out = refiner.refine_probability(image, mask, fast=True, L=200) >= 0.5
+        return int(out.any(0).sum()), model.calls
+
+    assert refined_side(20, 5, 0.9) == (40, 2)  # 20 -> 30 px (IoU 0.44): a second pass, 30 -> 40
+    assert refined_side(150, 2, 0.9) == (154, 1)  # 150 -> 154 px (IoU 0.95): one pass
+    assert refined_side(20, 5, 0.0) == (30, 1)  # off: the original's one pass
+    with pytest.raises(ValueError, match="second_pass_iou"):
+        RMConfig(second_pass_iou=1.5)

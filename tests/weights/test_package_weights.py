@@ -120,13 +120,15 @@ def test_average_weights_of_one_architecture(tmp_path):
             _script("average_weights").main([str(tmp_path / "x.safetensors"), *bad])
 
 
-def test_package_stores_the_edit_band_with_a_refiner(tmp_path, small_model):
+def test_package_stores_the_inference_recipe_with_a_refiner(tmp_path, small_model):
     src = cascadepsp.save_model(small_model, tmp_path / "best.safetensors")
     dst = tmp_path / "shipped.safetensors"
     main = _script("package_weights").main
-    assert main([str(src), str(dst), "--edit-band", "0.03"]) == 0
+    assert main([str(src), str(dst), "--edit-band", "0.03", "--second-pass-iou", "0.9"]) == 0
     assert cascadepsp.load_model(dst).config.edit_band == 0.03
-    assert cascadepsp.Refiner(device="cpu", weights=dst).edit_band == 0.03
+    refiner = cascadepsp.Refiner(device="cpu", weights=dst)
+    assert (refiner.edit_band, refiner.second_pass_iou) == (0.03, 0.9)
     assert cascadepsp.load_model(src).config.edit_band == 0.0  # the source file is not touched
-    with pytest.raises(SystemExit):
-        main([str(src), str(tmp_path / "bad.safetensors"), "--edit-band", "2"])
+    for bad in (["--edit-band", "2"], ["--second-pass-iou", "-1"]):
+        with pytest.raises(SystemExit):
+            main([str(src), str(tmp_path / "bad.safetensors"), *bad])
