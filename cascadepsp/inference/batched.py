@@ -21,8 +21,6 @@ from torch import Tensor, nn
 
 from .reference import (
     Window,
-    global_pass,
-    global_repeat_iou,
     iter_windows_to_refine,
     local_band,
     normalise_u8,
@@ -145,8 +143,7 @@ class BatchedRunner:
         mask_t = _read_only_view(mask).to(self.device)
         small_im, small_seg = _global_inputs(image_u8, mask_t, L)
         del mask_t
-        glob = global_pass(lambda im, seg, keys: self._forward(im, seg, None, keys), small_im, small_seg,
-                           ("pred_224", "pred_56_2"), global_repeat_iou(self.model))
+        glob = self._forward(small_im, small_seg, None, ("pred_224", "pred_56_2"))
         del small_im, small_seg
         if fast:
             return single_pass_to_input_size(glob["pred_224"], h, w, L)[0, 0].cpu().numpy()

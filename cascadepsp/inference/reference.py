@@ -7,7 +7,7 @@ tensors; the image/mask conversion lives in :mod:`cascadepsp.io.inputs` and :mod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -91,35 +91,10 @@ def global_inputs(im: Tensor, seg: Tensor, L: int) -> tuple[Tensor, Tensor]:
     return im, seg
 
 
-GlobalCall = Callable[[Tensor, Tensor, tuple[str, ...]], dict[str, Tensor]]  # (image, mask, keys) -> outputs
-
-
-def global_pass(call: GlobalCall, small_im: Tensor, small_seg: Tensor, keys: tuple[str, ...],
-                repeat_iou: float = 0.0) -> dict[str, Tensor]:
-    """The global step's network call at long side L; run once more from its binarised result when that differs
-    from the coarse input by an IoU below ``repeat_iou`` (``RMConfig.global_repeat_iou``; 0 = once)."""
-    out = call(small_im, small_seg, keys)
-    if repeat_iou > 0:
-        first, coarse = out["pred_224"] > 0.5, small_seg > 0
-        union = (first | coarse).sum()
-        if first.any() and not first.all() and (first & coarse).sum() < repeat_iou * union:
-            out = call(small_im, first.float() * 2 - 1, keys)
-    return out
-
-
-def global_repeat_iou(model: nn.Module) -> float:
-    """The global step's repeat threshold stored with the weights (``RMConfig.global_repeat_iou``; 0 = once)."""
-    return float(getattr(getattr(model, "config", None), "global_repeat_iou", 0.0))
-
-
-def _global_call(model: nn.Module) -> GlobalCall:
-    return lambda im, seg, keys: safe_forward(model, im, seg, keys=keys)
-
-
 def refine_single_pass(model: nn.Module, im: Tensor, seg: Tensor, L: int = 900) -> Tensor:
     """``fast=True``: one cascade pass at long side ``L``; returns 1x1xHxW probabilities at input size."""
     small_im, small_seg = global_inputs(im, seg, L)
-    pred = global_pass(_global_call(model), small_im, small_seg, ("pred_224",), global_repeat_iou(model))["pred_224"]
+    pred = safe_forward(model, small_im, small_seg, keys=("pred_224",))["pred_224"]
     return single_pass_to_input_size(pred, *im.shape[-2:], L)
 
 
@@ -228,7 +203,7 @@ def global_step(model: nn.Module, im: Tensor, seg: Tensor, L: int) -> tuple[Tens
     """Global pass at long side ``L``; returns (binary OS1 result in {-1,1}, soft OS4 result in [-1,1]) at full size."""
     h, w = im.shape[-2:]
     small_im, small_seg = global_inputs(im, seg, L)
-    out = global_pass(_global_call(model), small_im, small_seg, ("pred_224", "pred_56_2"), global_repeat_iou(model))
+    out = safe_forward(model, small_im, small_seg, keys=("pred_224", "pred_56_2"))
     binary = (F.interpolate(out["pred_224"], size=(h, w), mode="bilinear", align_corners=False) > 0.5).float() * 2 - 1
     soft4 = F.interpolate(out["pred_56_2"], size=(h, w), mode="bilinear", align_corners=False) * 2 - 1
     return binary, soft4

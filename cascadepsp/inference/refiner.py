@@ -17,7 +17,6 @@ from ..deploy.openvino_runtime import PRECISIONS as OPENVINO_PRECISIONS
 from ..deploy.openvino_runtime import OpenVINOModel, cpu_has_bf16
 from ..deploy.quantize import QuantizationSettings
 from ..devices import resolve_device
-from ..evaluation.metrics import mask_iou
 from ..io.inputs import check_same_size, mask_max, mask_size, to_binary_mask, to_rgb_uint8
 from ..weights.registry import create_model, load_model
 from . import reference as inference
@@ -219,7 +218,8 @@ class Refiner:
         prob = self._one_pass(rgb, fg, fast, L)
         if self.second_pass_iou > 0:  # a weak mask the first pass changed a lot gets a second look
             first = prob >= 0.5
-            if first.any() and not first.all() and mask_iou(first, fg) < self.second_pass_iou:
+            changed = np.count_nonzero(first & fg) < self.second_pass_iou * np.count_nonzero(first | fg)  # IoU
+            if first.any() and not first.all() and changed:
                 prob = self._one_pass(rgb, first, fast, L)
         return inference.confine_to_band(prob, fg, self.edit_band)
 

@@ -58,10 +58,6 @@ class RMConfig(JsonConfig):
     # runs once more from that result (a weak mask gains from a second look; a good one, which changes little,
     # keeps one pass). 0 = one pass (the original).
     second_pass_iou: float = 0.0
-    # > 0: when the global step's binarised result differs from its coarse input by an IoU below this, the global
-    # step runs once more from that result before the windows (the cheap part of a second look: one pass at
-    # long side L). 0 = once (the original).
-    global_repeat_iou: float = 0.0
 
     def __post_init__(self) -> None:
         known = sorted([*BACKBONE_BLOCKS, *ENCODER_BACKBONES])
@@ -79,8 +75,6 @@ class RMConfig(JsonConfig):
             raise ValueError(f"edit_band must be in [0, 1] (a fraction of (H + W) / 2; 0 = off), got {self.edit_band}")
         if not 0.0 <= self.second_pass_iou <= 1.0:
             raise ValueError(f"second_pass_iou must be in [0, 1] (0 = one pass), got {self.second_pass_iou}")
-        if not 0.0 <= self.global_repeat_iou <= 1.0:
-            raise ValueError(f"global_repeat_iou must be in [0, 1] (0 = once), got {self.global_repeat_iou}")
 
     @property
     def is_encoder(self) -> bool:

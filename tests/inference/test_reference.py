@@ -310,26 +310,3 @@ def test_a_second_pass_runs_only_where_the_first_changed_the_mask_a_lot(engine):
     assert refined_side(20, 5, 0.0) == (30, 1)  # off: the original's one pass
     with pytest.raises(ValueError, match="second_pass_iou"):
         RMConfig(second_pass_iou=1.5)
-
-
-@pytest.mark.parametrize("engine", ["reference", "batched"])
-@pytest.mark.parametrize("fast", [False, True])
-def test_the_global_step_repeats_only_where_it_changed_the_mask_a_lot(engine, fast):
-    """RMConfig.global_repeat_iou: the global step runs again from its binarised result when that differs from
-    the coarse mask by an IoU below the threshold, before the windows; a good mask gets one global step."""
-    image = np.zeros((200, 200, 3), np.uint8)
-
-    def refined_side(side: int, radius: int, threshold: float) -> tuple[int, int]:
-        mask = np.zeros((200, 200), bool)
-        mask[100 - side // 2:100 + side // 2, 100 - side // 2:100 + side // 2] = True
-        config = RMConfig(local_fg_band=(0.0, 1.0), global_repeat_iou=threshold)
-        refiner = Refiner(device="cpu", weights=_Growing(radius, config), engine=engine)
-        out = refiner.refine_probability(image, mask, fast=fast, L=200) >= 0.5
-        return int(out.any(0).sum()), refiner.model.calls
-
-    window = 0 if fast else 1  # the image is one window: the local step grows the mask once more
-    assert refined_side(20, 5, 0.9) == (40 + 10 * window, 2 + window)  # 20 -> 30 (IoU 0.44) -> 40 at L
-    assert refined_side(150, 2, 0.9) == (154 + 4 * window, 1 + window)  # 150 -> 154 (IoU 0.95): once
-    assert refined_side(20, 5, 0.0) == (30 + 10 * window, 1 + window)  # off: the original
-    with pytest.raises(ValueError, match="global_repeat_iou"):
-        RMConfig(global_repeat_iou=-0.5)

@@ -124,12 +124,11 @@ def test_package_stores_the_inference_recipe_with_a_refiner(tmp_path, small_mode
     src = cascadepsp.save_model(small_model, tmp_path / "best.safetensors")
     dst = tmp_path / "shipped.safetensors"
     main = _script("package_weights").main
-    assert main([str(src), str(dst), "--edit-band", "0.03", "--second-pass-iou", "0.9", "--global-repeat-iou", "0.8"]) == 0
+    assert main([str(src), str(dst), "--edit-band", "0.03", "--second-pass-iou", "0.9"]) == 0
     assert cascadepsp.load_model(dst).config.edit_band == 0.03
-    assert cascadepsp.load_model(dst).config.global_repeat_iou == 0.8
     refiner = cascadepsp.Refiner(device="cpu", weights=dst)
     assert (refiner.edit_band, refiner.second_pass_iou) == (0.03, 0.9)
     assert cascadepsp.load_model(src).config.edit_band == 0.0  # the source file is not touched
-    for bad in (["--edit-band", "2"], ["--second-pass-iou", "-1"], ["--global-repeat-iou", "3"]):
+    for bad in (["--edit-band", "2"], ["--second-pass-iou", "-1"]):
         with pytest.raises(SystemExit):
             main([str(src), str(tmp_path / "bad.safetensors"), *bad])
