@@ -194,6 +194,9 @@ class Refiner:
             precision = "fp32"  # the engine's own arithmetic around the graph; the graph has its precision
         elif precision == "int8":
             raise ValueError("precision: 'int8' runs on backend='openvino' only")
+        elif engine == "reference" and precision not in ("auto", "fp32"):
+            raise ValueError(f"precision: engine='reference' is the original's fp32 loop; got {precision!r} "
+                             f"(use engine='batched', or backend='openvino')")
         options = BatchedOptions(batch_size=batch_size, precision=precision, channels_last=channels_last,
                               compile=compile)
         # Only the batched engine gets a runner: it converts (our copy of) the model to channels_last, which

@@ -95,15 +95,14 @@ def test_calibration_records_every_network_call_of_both_graphs(default_model):
         calibration.record_inputs(default_model, pair, graphs=("decoder",))
 
 
-def test_int8_agrees_with_fp32_on_a_real_photo(int8_cache, default_model, monkeypatch):
-    """The batched engine (the reference engine makes the same network calls one window at a time; both engines
-    run the OpenVINO graphs in tests/deploy/test_export.py)."""
+@pytest.mark.parametrize("engine", ["batched", "reference"])
+def test_int8_agrees_with_fp32_on_a_real_photo(int8_cache, default_model, monkeypatch, engine):
     small_calibration(monkeypatch)  # the calibration is part of the entry's key: the fixture's entry
     im, seg = photo()
     fp32 = cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="fp32",
-                              cache_dir=int8_cache)
+                              cache_dir=int8_cache, engine=engine)
     int8 = cascadepsp.Refiner(device="cpu", weights=default_model, backend="openvino", precision="int8",
-                              cache_dir=int8_cache)
+                              cache_dir=int8_cache, engine=engine)
     assert int8.model.quantization_seconds == 0.0 and int8.model.entry != fp32.model.entry  # cached, apart
     expected, got = fp32.refine_probability(im, seg, L=L), int8.refine_probability(im, seg, L=L)
     assert binary_iou(got, expected) >= IOU_BOUND
@@ -135,11 +134,15 @@ def test_int8_compiles_once_per_shape_where_dynamic_shapes_crash(int8_cache, def
 
 @needs_bf16
 @pytest.mark.parametrize("backend", ["openvino", "torch"])
-def test_bf16_agrees_with_fp32_on_a_real_photo(openvino_default_cache, default_model, backend):
-    """The batched engine (the reference engine makes the same network calls one window at a time)."""
+@pytest.mark.parametrize("engine", ["batched", "reference"])
+def test_bf16_agrees_with_fp32_on_a_real_photo(openvino_default_cache, default_model, backend, engine):
+    if (backend, engine) == ("torch", "reference"):  # the original's fp32 loop: refused, not silently fp32
+        with pytest.raises(ValueError, match="engine='reference' is the original's fp32 loop; got 'bf16'"):
+            cascadepsp.Refiner(device="cpu", weights=default_model, precision="bf16", engine=engine)
+        return
     im, seg = photo()
     fp32, bf16 = (cascadepsp.Refiner(device="cpu", weights=default_model, backend=backend, precision=precision,
-                                     cache_dir=openvino_default_cache) for precision in ("fp32", "bf16"))
+                                     cache_dir=openvino_default_cache, engine=engine) for precision in ("fp32", "bf16"))
     expected, got = fp32.refine_probability(im, seg, L=L), bf16.refine_probability(im, seg, L=L)
     assert binary_iou(got, expected) >= IOU_BOUND
     assert not np.array_equal(got, expected)  # it really ran in bf16
