@@ -102,6 +102,9 @@ def _add_refiner_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["batched", "reference"], default="batched",
                    help="batched (windows in batches, bounded memory; default) or reference (the original's "
                         "exact one-window loop). Not --fast, which skips the local step")
+    p.add_argument("--second-pass-iou", type=float, default=None, metavar="IOU",
+                   help="refine again where the first pass changed the mask by an IoU below this (weak masks gain, "
+                        "at twice the time on them; default: the weights' setting, off for the bundled file)")
     _add_backend_options(p)
 
 
@@ -251,7 +254,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     from .inference.refiner import Refiner
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, batch_size=args.batch_size,
-                      precision=args.precision, backend=args.backend)
+                      precision=args.precision, backend=args.backend, second_pass_iou=args.second_pass_iou)
     return _run_folder(args, lambda on_row: refine_folder(
         args.inputs, args.out, refiner=refiner, gt=args.gt, fast=args.fast,
         L=args.L, threshold=args.threshold, labels=args.labels, overlay=args.overlay, resume=args.resume,
@@ -295,8 +298,8 @@ def _cmd_refine_ray(args: argparse.Namespace) -> int:
         args.inputs, args.out, address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
         cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor, weights=args.weights,
         engine=args.engine, batch_size=args.batch_size, precision=args.precision, backend=args.backend,
-        gt=args.gt, fast=args.fast, L=args.L, threshold=args.threshold, labels=args.labels,
-        overlay=args.overlay, resume=args.resume, limit=args.limit, report=args.report,
+        second_pass_iou=args.second_pass_iou, gt=args.gt, fast=args.fast, L=args.L, threshold=args.threshold,
+        labels=args.labels, overlay=args.overlay, resume=args.resume, limit=args.limit, report=args.report,
         progress=args.progress, on_row=on_row))
 
 
@@ -319,7 +322,7 @@ def _cmd_refine_coco(args: argparse.Namespace) -> int:
     from .inference.refiner import Refiner
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, precision=args.precision,
-                      backend=args.backend)
+                      backend=args.backend, second_pass_iou=args.second_pass_iou)
     failures: list[str] = []
 
     def on_failure(line: str) -> None:

@@ -165,13 +165,15 @@ class Refiner:
     model is cached in ``cache_dir`` (default :func:`cascadepsp.deploy.openvino_runtime.cache_root`), so only
     the first Refiner on a machine pays the conversion.
     ``quantization`` replaces the shipped NNCF settings of ``precision="int8"`` (its own cache entry).
+    ``second_pass_iou`` replaces the weights' ``RMConfig.second_pass_iou``: refine again from the result where the
+    first pass changed the mask by an IoU below it (better on weak masks, twice the time there; 0: one pass).
     """
 
     def __init__(self, device: str | torch.device | None = None, weights: WeightsArg = None, *,
                  engine: str = "batched", batch_size: int | None = None, precision: str = "auto",
                  channels_last: bool | None = None, compile: bool = False, backend: str = "torch",
                  cache_dir: str | os.PathLike | None = None, quantization: QuantizationSettings | None = None,
-                 mode: str | None = None) -> None:
+                 second_pass_iou: float | None = None, mode: str | None = None) -> None:
         if mode is not None:
             raise TypeError(f"Refiner: mode= is now engine= ('batched', formerly 'fast', or 'reference'); "
                             f"got mode={mode!r}")
@@ -187,7 +189,9 @@ class Refiner:
         self.backend = backend
         self.model = _resolve_model(weights).to(self.device).eval()
         self.edit_band = inference.edit_band(self.model)  # read before a backend replaces the module
-        self.second_pass_iou = inference.second_pass_iou(self.model)
+        self.second_pass_iou = inference.second_pass_iou(self.model) if second_pass_iou is None else second_pass_iou
+        if not 0.0 <= self.second_pass_iou <= 1.0:
+            raise ValueError(f"second_pass_iou: expected a value in [0, 1] (0: one pass), got {second_pass_iou!r}")
         if backend == "openvino":
             self.model = _openvino_model(self.model, self.device, precision, compile, cache_dir, quantization)
             channels_last = False  # the OpenVINO graph takes plain contiguous arrays

@@ -88,8 +88,9 @@ def test_gt_report_holds_the_metrics_of_the_written_masks(tmp_path, saved_weight
         assert float(row["mba_refined"]) == pytest.approx(boundary_accuracy(refined, g), abs=1e-6)
 
 
-@pytest.mark.parametrize("option", [["--engine", "reference"], ["--batch-size", "2"], ["--precision", "fp32"]])
-def test_engine_batch_size_and_precision_reach_the_refiner(tmp_path, saved_weights, option, monkeypatch):
+@pytest.mark.parametrize("option", [["--engine", "reference"], ["--batch-size", "2"], ["--precision", "fp32"],
+                                    ["--second-pass-iou", "0.9"]])
+def test_engine_batch_size_precision_and_second_pass_reach_the_refiner(tmp_path, saved_weights, option, monkeypatch):
     import cascadepsp.inference.refiner
 
     made: list[dict] = []
@@ -103,7 +104,7 @@ def test_engine_batch_size_and_precision_reach_the_refiner(tmp_path, saved_weigh
     images, masks, _ = images_masks_gt(tmp_path, n=1)
     assert run([str(images), str(masks), "--out", str(tmp_path / "o"), "--weights", str(saved_weights), *option]) == 0
     name = option[0].removeprefix("--").replace("-", "_")
-    value = int(option[1]) if name == "batch_size" else option[1]
+    value = {"batch_size": int, "second_pass_iou": float}.get(name, str)(option[1])
     [kwargs] = made
     assert kwargs[name] == value  # the flag reached the refiner
     expected = Refiner(device="cpu", weights=str(saved_weights), **{name: value}).refine(

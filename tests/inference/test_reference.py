@@ -310,3 +310,9 @@ def test_a_second_pass_runs_only_where_the_first_changed_the_mask_a_lot(engine):
     assert refined_side(20, 5, 0.0) == (30, 1)  # off: the original's one pass
     with pytest.raises(ValueError, match="second_pass_iou"):
         RMConfig(second_pass_iou=1.5)
+    # the Refiner's own setting replaces the weights' (None keeps it)
+    stored = RMConfig(second_pass_iou=0.9)
+    assert Refiner(device="cpu", weights=_Growing(1, stored), second_pass_iou=0.0).second_pass_iou == 0.0
+    assert Refiner(device="cpu", weights=_Growing(1, stored)).second_pass_iou == 0.9
+    with pytest.raises(ValueError, match="second_pass_iou: expected a value in"):
+        Refiner(device="cpu", weights=_Growing(1, stored), second_pass_iou=2.0)
