@@ -102,14 +102,11 @@ def _add_refiner_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["batched", "reference"], default="batched",
                    help="batched (windows in batches, bounded memory; default) or reference (the original's "
                         "exact one-window loop). Not --fast, which skips the local step")
-    p.add_argument("--second-pass-iou", type=float, default=None, metavar="IOU",
-                   help="refine again where the first pass changed the mask by an IoU below this (weak masks gain, "
-                        "at twice the time on them; default: the weights' setting, off for the bundled file)")
     _add_backend_options(p)
 
 
 def _add_backend_options(p: argparse.ArgumentParser) -> None:
-    """--backend and --precision (refine, refine-coco, serve)."""
+    """--backend, --precision and --second-pass-iou (refine, refine-coco, serve)."""
     from .constants import BACKENDS, PRECISIONS
 
     p.add_argument("--backend", choices=BACKENDS, default="torch",
@@ -120,6 +117,9 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
                         "on CPUs with bf16 instructions, else fp32); bf16 on a CPU needs bf16 instructions; "
                         "int8 needs --backend openvino and cascadepsp[int8] (quantised once per machine); see "
                         "the README's speed table")
+    p.add_argument("--second-pass-iou", type=float, default=None, metavar="IOU",
+                   help="refine again where the first pass changed the mask by an IoU below this (weak masks gain, "
+                        "at twice the time on them; default: the weights' setting, off for the bundled file)")
 
 
 def build_parser() -> argparse.ArgumentParser:
