@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     quantization = QuantizationSettings.from_dict(json.loads(a.int8_settings)) if a.int8_settings else None
     refiner = Refiner(device=a.device, weights=a.weights, backend=a.backend, precision=a.precision,
-                      quantization=quantization)
-    if a.second_pass_iou is not None:
-        refiner.second_pass_iou = a.second_pass_iou
+                      quantization=quantization, second_pass_iou=a.second_pass_iou)
     methods = band_methods(refiner, [float(b) for b in a.bands.split(",") if b])
     for b in (x for x in a.baselines.split(",") if x):
         methods[b] = BASELINES[b]

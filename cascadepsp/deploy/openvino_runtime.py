@@ -13,6 +13,7 @@ caller records, see :mod:`cascadepsp.deploy.quantize`; keyed by the weights, the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -162,8 +163,9 @@ def build_int8_entry(fp32_entry: Path, entry: Path, inputs: dict[str, list[dict[
     return time.perf_counter() - t0
 
 
+@functools.cache
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (Intel Xeon since Sapphire Rapids), read from /proc/cpuinfo or torch."""
+    """Whether this CPU has AMX tiles (Intel Xeon since Sapphire Rapids), read from /proc/cpuinfo or torch (once)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         return "amx_int8" in cpuinfo.read_text()
