@@ -106,7 +106,7 @@ def _add_refiner_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_backend_options(p: argparse.ArgumentParser) -> None:
-    """--backend, --precision and --second-pass-iou (refine, refine-coco, serve)."""
+    """--backend, --precision, --second-pass-iou and --local-passes (refine, refine-coco, serve)."""
     from .constants import BACKENDS, PRECISIONS
 
     p.add_argument("--backend", choices=BACKENDS, default="torch",
@@ -120,6 +120,9 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--second-pass-iou", type=float, default=None, metavar="IOU",
                    help="refine again where the first pass changed the mask by an IoU below this (weak masks gain, "
                         "at twice the time on them; default: the weights' setting, off for the bundled file)")
+    p.add_argument("--local-passes", type=int, choices=(1, 2), default=None,
+                   help="cascade passes per full-resolution window: 2 (the original) or 1 (faster on large photos, "
+                        "see the README's speed table; default: the weights' setting, 2 for the bundled file)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +257,8 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     from .inference.refiner import Refiner
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, batch_size=args.batch_size,
-                      precision=args.precision, backend=args.backend, second_pass_iou=args.second_pass_iou)
+                      precision=args.precision, backend=args.backend, second_pass_iou=args.second_pass_iou,
+                      local_passes=args.local_passes)
     return _run_folder(args, lambda on_row: refine_folder(
         args.inputs, args.out, refiner=refiner, gt=args.gt, fast=args.fast,
         L=args.L, threshold=args.threshold, labels=args.labels, overlay=args.overlay, resume=args.resume,
@@ -298,8 +302,9 @@ def _cmd_refine_ray(args: argparse.Namespace) -> int:
         args.inputs, args.out, address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
         cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor, weights=args.weights,
         engine=args.engine, batch_size=args.batch_size, precision=args.precision, backend=args.backend,
-        second_pass_iou=args.second_pass_iou, gt=args.gt, fast=args.fast, L=args.L, threshold=args.threshold,
-        labels=args.labels, overlay=args.overlay, resume=args.resume, limit=args.limit, report=args.report,
+        second_pass_iou=args.second_pass_iou, local_passes=args.local_passes, gt=args.gt, fast=args.fast, L=args.L,
+        threshold=args.threshold, labels=args.labels, overlay=args.overlay, resume=args.resume, limit=args.limit,
+        report=args.report,
         progress=args.progress, on_row=on_row))
 
 
@@ -322,7 +327,8 @@ def _cmd_refine_coco(args: argparse.Namespace) -> int:
     from .inference.refiner import Refiner
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, precision=args.precision,
-                      backend=args.backend, second_pass_iou=args.second_pass_iou)
+                      backend=args.backend, second_pass_iou=args.second_pass_iou,
+                      local_passes=args.local_passes)
     failures: list[str] = []
 
     def on_failure(line: str) -> None:

@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                            "(candidates for cascadepsp/deploy/quantize.py, compared on dev)")
     p.add_argument("--second-pass-iou", type=float, help="replaces the weights' second-pass threshold "
                                                           "(RMConfig.second_pass_iou; candidates, compared on dev)")
+    p.add_argument("--local-passes", type=int, choices=(1, 2), help="replaces the weights' passes per local-step "
+                                                                     "window (RMConfig.local_passes)")
     p.add_argument("--sets", help="comma-separated set names (default: every sub-folder)")
     p.add_argument("--limit", type=int, help="at most N evenly spaced photos per set (quick comparisons)")
     p.add_argument("--bands", default="", help="comma-separated edit-band widths to try (fractions of (H+W)/2)")
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     quantization = QuantizationSettings.from_dict(json.loads(a.int8_settings)) if a.int8_settings else None
     refiner = Refiner(device=a.device, weights=a.weights, backend=a.backend, precision=a.precision,
-                      quantization=quantization, second_pass_iou=a.second_pass_iou)
+                      quantization=quantization, second_pass_iou=a.second_pass_iou,
+                      local_passes=a.local_passes)
     methods = band_methods(refiner, [float(b) for b in a.bands.split(",") if b])
     for b in (x for x in a.baselines.split(",") if x):
         methods[b] = BASELINES[b]

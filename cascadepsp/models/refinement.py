@@ -114,7 +114,10 @@ class RefinementModule(nn.Module):
         else:
             t8 = inter_s8
 
-        # Pass 2 (OS8 + OS4), skipped when an OS4 estimate is supplied.
+        # Pass 2 (OS8 + OS4), skipped when an OS4 estimate is supplied, and for a local-step window (an OS8
+        # estimate supplied) when the config runs one local pass: that estimate then stands in for both.
+        if inter_s4 is None and inter_s8 is not None and self.config.local_passes == 1:
+            inter_s4 = inter_s8
         if inter_s4 is None:
             p, _, f_os4 = self._trunk(x, seg, t8, t8)
             logits_8 = head(_upsample(self.final_28(p), 8), t8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import shutil
 import warnings
@@ -194,3 +196,21 @@ def test_cache_key_follows_the_weights(small_model):
 def test_bad_backend_options(small_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         cascadepsp.Refiner(device="cpu", weights=small_model, **kwargs)
+
+
+def test_openvino_window_graph_follows_local_passes(tmp_path):
+    """RMConfig.local_passes is part of the cache key, and the converted window graph of a one-pass model
+    computes the torch module's one-pass window (pass 3 only)."""
+    torch.manual_seed(0)
+    two = cascadepsp.create_model("lite0_guided").float().eval()
+    one = copy.deepcopy(two)
+    one.config = dataclasses.replace(two.config, local_passes=1)
+    assert cache_key(one) != cache_key(two)
+    converted = OpenVINOModel(one, cache_dir=tmp_path, precision="fp32", threads=1)
+    x, seg = network_inputs(0.3)
+    inter = torch.rand_like(seg) * 2 - 1
+    got = converted(x, seg, inter)
+    with torch.no_grad():
+        expected = one(x, seg, inter)
+    for key in OUTPUT_KEYS["window"]:
+        assert np.abs(got[key].numpy() - expected[key].numpy()).max() <= 1e-4, key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
@@ -127,3 +129,30 @@ def test_local_fg_band_round_trips_and_is_checked():
     for bad in [(0.5, 0.4), (-0.1, 0.9), (0.1, 1.5), (0.1,)]:
         with pytest.raises(ValueError, match="local_fg_band"):
             RMConfig(local_fg_band=bad)
+
+
+def test_one_local_pass_skips_pass_two_of_a_window_only():
+    """RMConfig.local_passes = 1: a window call (an OS8 estimate given) skips pass 2 and gives that estimate to
+    pass 3 as both its OS8 and OS4 inputs; the global step's call (no estimate) is unchanged."""
+    torch.manual_seed(0)
+    two = cascadepsp.create_model("lite0_guided").eval()
+    one = copy.deepcopy(two)
+    one.config = dataclasses.replace(two.config, local_passes=1)
+    x, seg, s8 = torch.randn(1, 3, 64, 96), torch.rand(1, 1, 64, 96) * 2 - 1, torch.rand(1, 1, 64, 96) * 2 - 1
+    with torch.no_grad():
+        window_one, window_two, explicit = one(x, seg, s8), two(x, seg, s8), two(x, seg, s8, s8)
+        global_one, global_two = one(x, seg), two(x, seg)
+    assert set(window_one) == PASS3 and set(window_two) == PASS2 | PASS3
+    assert torch.equal(window_one["pred_224"], explicit["pred_224"])
+    assert (window_one["pred_224"] - window_two["pred_224"]).abs().max() > 1e-3  # pass 2 mattered
+    assert all(torch.equal(global_one[k], global_two[k]) for k in global_two)
+
+
+def test_local_passes_round_trips_and_is_checked():
+    cfg = dataclasses.replace(cascadepsp.get_config("lite1_guided"), local_passes=1)
+    assert RMConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    old_file = {k: v for k, v in cfg.to_dict().items() if k != "local_passes"}  # written before the field
+    assert RMConfig.from_dict(old_file).local_passes == 2
+    for bad in (0, 3, 1.5):
+        with pytest.raises(ValueError, match="local_passes must be 1 or 2"):
+            RMConfig(local_passes=bad)
