@@ -106,8 +106,8 @@ def _add_refiner_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_backend_options(p: argparse.ArgumentParser) -> None:
-    """--backend, --precision, --second-pass-iou and --local-passes (refine, refine-coco, serve)."""
-    from .constants import BACKENDS, PRECISIONS
+    """--backend, --precision, --second-pass-iou and --local-step (refine, refine-coco, serve)."""
+    from .constants import BACKENDS, LOCAL_STEPS, PRECISIONS
 
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (default) or openvino (CPU; needs cascadepsp[openvino]; converts once per machine "
@@ -120,9 +120,10 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--second-pass-iou", type=float, default=None, metavar="IOU",
                    help="refine again where the first pass changed the mask by an IoU below this (weak masks gain, "
                         "at twice the time on them; default: the weights' setting, off for the bundled file)")
-    p.add_argument("--local-passes", type=int, choices=(1, 2), default=None,
-                   help="cascade passes per full-resolution window: 2 (the original) or 1 (faster on large photos, "
-                        "see the README's speed table; default: the weights' setting, 2 for the bundled file)")
+    p.add_argument("--local-step", choices=LOCAL_STEPS, default=None,
+                   help="how full-resolution windows run: two_pass (the original), one_pass, or light (the fastest, "
+                        "at a quality cost: see the README; default: the weights' setting, two_pass for the bundled "
+                        "file)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,7 +259,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, batch_size=args.batch_size,
                       precision=args.precision, backend=args.backend, second_pass_iou=args.second_pass_iou,
-                      local_passes=args.local_passes)
+                      local_step=args.local_step)
     return _run_folder(args, lambda on_row: refine_folder(
         args.inputs, args.out, refiner=refiner, gt=args.gt, fast=args.fast,
         L=args.L, threshold=args.threshold, labels=args.labels, overlay=args.overlay, resume=args.resume,
@@ -302,7 +303,7 @@ def _cmd_refine_ray(args: argparse.Namespace) -> int:
         args.inputs, args.out, address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
         cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor, weights=args.weights,
         engine=args.engine, batch_size=args.batch_size, precision=args.precision, backend=args.backend,
-        second_pass_iou=args.second_pass_iou, local_passes=args.local_passes, gt=args.gt, fast=args.fast, L=args.L,
+        second_pass_iou=args.second_pass_iou, local_step=args.local_step, gt=args.gt, fast=args.fast, L=args.L,
         threshold=args.threshold, labels=args.labels, overlay=args.overlay, resume=args.resume, limit=args.limit,
         report=args.report,
         progress=args.progress, on_row=on_row))
@@ -328,7 +329,7 @@ def _cmd_refine_coco(args: argparse.Namespace) -> int:
 
     refiner = Refiner(device=args.device, weights=args.weights, engine=args.engine, precision=args.precision,
                       backend=args.backend, second_pass_iou=args.second_pass_iou,
-                      local_passes=args.local_passes)
+                      local_step=args.local_step)
     failures: list[str] = []
 
     def on_failure(line: str) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cascadepsp.constants import LOCAL_STEPS
 from cascadepsp.constants import PRECISIONS as REFINER_PRECISIONS
 
 SIZES = {"1k": (1024, 768), "2k": (2048, 1536), "4k": (4096, 3072), "8k": (8000, 6000), "12k": (12000, 9000),
@@ -72,7 +73,7 @@ def run_one(args: argparse.Namespace) -> None:
     t_setup = time.perf_counter()
     refiner = cascadepsp.Refiner(device=args.device, weights=weights, engine=engine,
                                  precision=args.precision, compile=compiled, backend=backend,
-                                 cache_dir=args.cache)
+                                 cache_dir=args.cache, local_step=args.local_step)
     setup = time.perf_counter() - t_setup
     dev = refiner.device
     small_im, small_seg, _ = make_input("1k", data)
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--weights", default="default", help='weights, or "random:<preset>"')
     p.add_argument("--L", type=int, default=900)
+    p.add_argument("--local-step", choices=LOCAL_STEPS, default=None,
+                   help="how every row's local step runs a window (default: the weights' setting)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--warm", action="store_true",
                    help="time a second refinement of the same photo in each process (steady state, as in a folder "
@@ -178,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                         cmd += ["--data", args.data]
                     if args.global_only:
                         cmd.append("--global-only")
+                    if args.local_step:
+                        cmd += ["--local-step", args.local_step]
                     runs = 2 if mode == "openvino" else 1  # cold cache (conversion), then warm cache (timed)
                     setups, res = [], None
                     for _ in range(runs):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascadepsp.constants import BACKENDS, PRECISIONS
+from cascadepsp.constants import BACKENDS, LOCAL_STEPS, PRECISIONS
 from cascadepsp.deploy.quantize import QuantizationSettings
 from cascadepsp.evaluation.baselines import BASELINES
 from cascadepsp.evaluation.evaluate import REFINER, evaluate_sets, find_triplets, format_sets_table
@@ -40,8 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                            "(candidates for cascadepsp/deploy/quantize.py, compared on dev)")
     p.add_argument("--second-pass-iou", type=float, help="replaces the weights' second-pass threshold "
                                                           "(RMConfig.second_pass_iou; candidates, compared on dev)")
-    p.add_argument("--local-passes", type=int, choices=(1, 2), help="replaces the weights' passes per local-step "
-                                                                     "window (RMConfig.local_passes)")
+    p.add_argument("--local-step", choices=LOCAL_STEPS, help="replaces how the weights' local step runs a "
+                                                              "window (RMConfig.local_step)")
     p.add_argument("--sets", help="comma-separated set names (default: every sub-folder)")
     p.add_argument("--limit", type=int, help="at most N evenly spaced photos per set (quick comparisons)")
     p.add_argument("--bands", default="", help="comma-separated edit-band widths to try (fractions of (H+W)/2)")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     quantization = QuantizationSettings.from_dict(json.loads(a.int8_settings)) if a.int8_settings else None
     refiner = Refiner(device=a.device, weights=a.weights, backend=a.backend, precision=a.precision,
                       quantization=quantization, second_pass_iou=a.second_pass_iou,
-                      local_passes=a.local_passes)
+                      local_step=a.local_step)
     methods = band_methods(refiner, [float(b) for b in a.bands.split(",") if b])
     for b in (x for x in a.baselines.split(",") if x):
         methods[b] = BASELINES[b]

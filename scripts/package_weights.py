@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pspnet
+from cascadepsp.constants import LOCAL_STEPS
 from cascadepsp.weights.files import read_metadata
 from cascadepsp.weights.registry import load_safetensors_model, save_model
 
@@ -43,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--second-pass-iou", type=float, default=None,
                    help="refiner only: refine again when the result's IoU with the coarse mask is below this "
                         "(RMConfig.second_pass_iou; 0: one pass)")
-    p.add_argument("--local-passes", type=int, choices=(1, 2), default=None,
-                   help="refiner only: cascade passes per local-step window (RMConfig.local_passes)")
+    p.add_argument("--local-step", choices=LOCAL_STEPS, default=None,
+                   help="refiner only: how the local step runs a window (RMConfig.local_step)")
     p.add_argument("--base-size", type=int, default=None, help="PSPNet only: long side to predict at")
     p.add_argument("--crop", type=int, default=None, help="PSPNet only: sliding-window size")
     p.add_argument("--threshold", type=float, default=None, help="PSPNet only: foreground probability threshold")
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if not is_pspnet and any(v is not None for v in pspnet_options):
         p.error("--base-size / --crop / --threshold / --min-component-fraction / --scales apply to PSPNet weights only")
     recipe = {k: v for k, v in (("edit_band", a.edit_band), ("second_pass_iou", a.second_pass_iou),
-                                ("local_passes", a.local_passes)) if v is not None}
+                                ("local_step", a.local_step)) if v is not None}
     if is_pspnet and recipe:
-        p.error("--edit-band / --second-pass-iou / --local-passes apply to refiner weights only")
+        p.error("--edit-band / --second-pass-iou / --local-step apply to refiner weights only")
     meta = {k: v for k, v in source_meta.items() if k not in _OWN_KEYS}
     evaluation = {}
     for item in a.eval:

@@ -158,7 +158,7 @@ def refine_dataset(inputs: Sequence[PathLike], out: PathLike, *, address: str | 
                    actors: int | None = None, cpus_per_actor: float | None = None,
                    gpus_per_actor: float | None = None, weights: Any = "default", engine: str = "batched",
                    batch_size: int | None = None, precision: str = "auto", backend: str = "torch",
-                   second_pass_iou: float | None = None, local_passes: int | None = None,
+                   second_pass_iou: float | None = None, local_step: str | None = None,
                    gt: PathLike | None = None, fast: bool = False,
                    L: int = 900, threshold: float | None = None, labels: bool = False, overlay: bool = False,
                    resume: bool = True, limit: int | None = None, report: PathLike | None = None, progress: bool = True,
@@ -184,7 +184,7 @@ def refine_dataset(inputs: Sequence[PathLike], out: PathLike, *, address: str | 
         spec = plan_actors(ray.cluster_resources(), actors, cpus_per_actor, gpus_per_actor)
         refiner_kwargs = {"device": "cuda" if spec.gpus > 0 else "cpu", "weights": weights, "engine": engine,
                           "batch_size": batch_size, "precision": precision, "backend": backend,
-                          "second_pass_iou": second_pass_iou, "local_passes": local_passes}
+                          "second_pass_iou": second_pass_iou, "local_step": local_step}
         return _run(ray, plan, spec, refiner_kwargs, refiner_factory, retries, progress, on_row)
     finally:
         if started:

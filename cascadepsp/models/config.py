@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..configs import JsonConfig
+from ..constants import LOCAL_STEPS
 
 BACKBONE_BLOCKS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -58,10 +59,11 @@ class RMConfig(JsonConfig):
     # runs once more from that result (a weak mask gains from a second look; a good one, which changes little,
     # keeps one pass). 0 = one pass (the original).
     second_pass_iou: float = 0.0
-    # Cascade passes a local-step window runs: 2 (the original: passes 2 and 3, each with its own encoder pass)
-    # or 1 (pass 3 only, the global step's OS4 result standing in for pass 2's OS8 and OS4 estimates; about
-    # half the encoder work of a window).
-    local_passes: int = 2
+    # How the local step runs a full-resolution window (LOCAL_STEPS): "two_pass" (the original: cascade passes 2
+    # and 3, each with its own encoder pass), "one_pass" (pass 3 only, the global step's OS4 result standing in
+    # for pass 2's OS8 and OS4 estimates) or "light" (one pass, and the network's own full-resolution output
+    # without the guided output stage: about half a window's time, at a measured quality cost).
+    local_step: str = "two_pass"
 
     def __post_init__(self) -> None:
         known = sorted([*BACKBONE_BLOCKS, *ENCODER_BACKBONES])
@@ -79,8 +81,8 @@ class RMConfig(JsonConfig):
             raise ValueError(f"edit_band must be in [0, 1] (a fraction of (H + W) / 2; 0 = off), got {self.edit_band}")
         if not 0.0 <= self.second_pass_iou <= 1.0:
             raise ValueError(f"second_pass_iou must be in [0, 1] (0 = one pass), got {self.second_pass_iou}")
-        if self.local_passes not in (1, 2):
-            raise ValueError(f"local_passes must be 1 or 2, got {self.local_passes!r}")
+        if self.local_step not in LOCAL_STEPS:
+            raise ValueError(f"local_step must be one of {', '.join(LOCAL_STEPS)}, got {self.local_step!r}")
 
     @property
     def is_encoder(self) -> bool:

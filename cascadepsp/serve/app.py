@@ -77,7 +77,7 @@ def load_refiner(settings: ServeSettings) -> Any:
     torch.set_num_threads(settings.torch_threads())
     refiner = Refiner(device=settings.device, weights=settings.weights, engine=settings.engine,
                       backend=settings.backend, precision=settings.precision,
-                      second_pass_iou=settings.second_pass_iou, local_passes=settings.local_passes)
+                      second_pass_iou=settings.second_pass_iou, local_step=settings.local_step)
     if settings.warmup:
         image = np.zeros((96, 96, 3), np.uint8)
         mask = np.zeros((96, 96), np.uint8)

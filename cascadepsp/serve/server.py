@@ -55,7 +55,7 @@ def run_cli(args: argparse.Namespace) -> int:
     """``cascadepsp serve``: settings from the parsed command line, then :func:`run`."""
     return run(ServeSettings(host=args.host, port=args.port, weights=args.weights, backend=args.backend,
                              precision=args.precision, second_pass_iou=args.second_pass_iou,
-                             local_passes=args.local_passes,
+                             local_step=args.local_step,
                              device=args.device, max_pixels=args.max_pixels, max_upload_mb=args.max_upload_mb,
                              workers=args.workers, queue_size=args.queue_size, threads=args.threads,
                              max_L=args.max_L, max_instances=args.max_instances,

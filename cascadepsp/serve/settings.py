@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from ..constants import BACKENDS, PRECISIONS
+from ..constants import BACKENDS, LOCAL_STEPS, PRECISIONS
 
 SETTINGS_ENV = "CASCADEPSP_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
 
@@ -22,7 +22,7 @@ class ServeSettings:
     backend: str = "torch"
     precision: str = "auto"  # Refiner(precision=): fp32 / bf16 / fp16, int8 with the openvino backend
     second_pass_iou: float | None = None  # Refiner(second_pass_iou=): None keeps the weights' setting
-    local_passes: int | None = None  # Refiner(local_passes=): None keeps the weights' setting
+    local_step: str | None = None  # Refiner(local_step=): None keeps the weights' setting
     device: str | None = None
     engine: str = "batched"
     max_pixels: int = 25_000_000  # per photo; the photo's header is checked before its pixels are decoded
@@ -56,8 +56,8 @@ class ServeSettings:
             raise ValueError("precision: 'int8' runs on backend 'openvino' only")
         if self.second_pass_iou is not None and not 0.0 <= self.second_pass_iou <= 1.0:
             raise ValueError(f"second_pass_iou: expected a value in [0, 1] (0: one pass), got {self.second_pass_iou!r}")
-        if self.local_passes not in (None, 1, 2):
-            raise ValueError(f"local_passes: expected 1 or 2, got {self.local_passes!r}")
+        if self.local_step is not None and self.local_step not in LOCAL_STEPS:
+            raise ValueError(f"local_step: expected one of {', '.join(LOCAL_STEPS)}, got {self.local_step!r}")
         if self.graceful_timeout < 0:
             raise ValueError(f"graceful_timeout: expected seconds >= 0, got {self.graceful_timeout!r}")
 

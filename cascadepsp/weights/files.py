@@ -113,7 +113,7 @@ def load_state_tolerant(model: torch.nn.Module, state: Mapping[str, Tensor]) -> 
 
 # Config entries that record how a file predicts, not its architecture: averaging may mix them (the last file's win).
 INFERENCE_CONFIG_KEYS = frozenset({"base_size", "crop_size", "threshold", "min_component_fraction", "scales",
-                                   "local_fg_band", "edit_band", "second_pass_iou", "local_passes"})
+                                   "local_fg_band", "edit_band", "second_pass_iou", "local_step"})
 
 
 def average_weights(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, Tensor], dict[str, Any], str]:

@@ -198,13 +198,13 @@ def test_bad_backend_options(small_model, kwargs, message):
         cascadepsp.Refiner(device="cpu", weights=small_model, **kwargs)
 
 
-def test_openvino_window_graph_follows_local_passes(tmp_path):
-    """RMConfig.local_passes is part of the cache key, and the converted window graph of a one-pass model
-    computes the torch module's one-pass window (pass 3 only)."""
+def test_openvino_window_graph_follows_local_step(tmp_path):
+    """RMConfig.local_step is part of the cache key, and the converted window graph of a "light" model computes
+    the torch module's light window (pass 3 only, without the guided output stage)."""
     torch.manual_seed(0)
     two = cascadepsp.create_model("lite0_guided").float().eval()
     one = copy.deepcopy(two)
-    one.config = dataclasses.replace(two.config, local_passes=1)
+    one.config = dataclasses.replace(two.config, local_step="light")
     assert cache_key(one) != cache_key(two)
     converted = OpenVINOModel(one, cache_dir=tmp_path, precision="fp32", threads=1)
     x, seg = network_inputs(0.3)

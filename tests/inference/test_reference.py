@@ -321,21 +321,21 @@ def test_a_second_pass_runs_only_where_the_first_changed_the_mask_a_lot(engine):
 
 
 @pytest.mark.parametrize("engine", ["reference", "batched"])
-def test_refiner_local_passes_replaces_the_weights_setting(engine):
-    """Refiner(local_passes=1) runs each window's pass 3 only, on its own copy of the weights (both engines agree);
-    the caller's module keeps its setting, and a value other than 1 or 2 is refused in one line."""
+def test_refiner_local_step_replaces_the_weights_setting(engine):
+    """Refiner(local_step="light") runs each window's pass 3 without the guided stage, on its own copy of the
+    weights (both engines agree); the caller's module keeps its setting; a bad value is refused in one line."""
     torch.manual_seed(0)
     model = cascadepsp.create_model("lite0_guided").eval()
     image, mask = make_scene(120, 160, seed=3)
-    one = Refiner(device="cpu", weights=model, engine=engine, local_passes=1)
-    assert one.model.config.local_passes == 1 and model.config.local_passes == 2
+    light = Refiner(device="cpu", weights=model, engine=engine, local_step="light")
+    assert light.model.config.local_step == "light" and model.config.local_step == "two_pass"
     two = Refiner(device="cpu", weights=model, engine=engine)
-    p1, p2 = one.refine_probability(image, mask, L=96), two.refine_probability(image, mask, L=96)
+    p1, p2 = light.refine_probability(image, mask, L=96), two.refine_probability(image, mask, L=96)
     assert np.abs(p1 - p2).max() > 1e-3  # the windows ran differently
     other = Refiner(device="cpu", weights=model, engine="batched" if engine == "reference" else "reference",
-                    local_passes=1)
+                    local_step="light")
     assert np.abs(other.refine_probability(image, mask, L=96) - p1).max() <= 1 / 255
-    with pytest.raises(ValueError, match="local_passes: expected 1 or 2, got 3"):
-        Refiner(device="cpu", weights=model, local_passes=3)
-    with pytest.raises(ValueError, match="local_passes: these weights carry no RMConfig"):
-        Refiner(device="cpu", weights=torch.nn.Identity(), local_passes=1)
+    with pytest.raises(ValueError, match="local_step must be one of two_pass, one_pass, light, got 'fast'"):
+        Refiner(device="cpu", weights=model, local_step="fast")
+    with pytest.raises(ValueError, match="local_step: these weights carry no RMConfig"):
+        Refiner(device="cpu", weights=torch.nn.Identity(), local_step="light")

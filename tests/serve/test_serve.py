@@ -468,11 +468,11 @@ def test_cli_serve_options(monkeypatch, capsys):
     monkeypatch.setattr(server, "run", lambda settings: seen.append(settings) or 0)
     assert cli_main(["serve", "--port", "8123", "--max-pixels", "1000000", "--max-upload-mb", "5", "--workers", "2",
                      "--queue-size", "4", "--threads", "1", "--backend", "openvino", "--max-L", "1200",
-                     "--second-pass-iou", "0.9", "--local-passes", "1"]) == 0
+                     "--second-pass-iou", "0.9", "--local-step", "light"]) == 0
     s = seen[0]
     assert (s.host, s.port, s.max_pixels, s.max_upload_bytes, s.workers, s.queue_size, s.threads, s.backend,
-            s.max_L, s.weights, s.second_pass_iou, s.local_passes) == (
-        "127.0.0.1", 8123, 1_000_000, 5 * 2**20, 2, 4, 1, "openvino", 1200, "default", 0.9, 1)
+            s.max_L, s.weights, s.second_pass_iou, s.local_step) == (
+        "127.0.0.1", 8123, 1_000_000, 5 * 2**20, 2, 4, 1, "openvino", 1200, "default", 0.9, "light")
     assert ServeSettings.from_json(s.to_json()) == s
     with pytest.raises(SystemExit):
         cli_main(["serve", "--help"])
@@ -481,8 +481,8 @@ def test_cli_serve_options(monkeypatch, capsys):
     assert "queue_size: expected an integer >= 0, got -1" in capsys.readouterr().err
     assert cli_main(["serve", "--second-pass-iou", "1.5"]) == 2
     assert "second_pass_iou: expected a value in [0, 1]" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="local_passes: expected 1 or 2, got 3"):
-        ServeSettings(local_passes=3)
+    with pytest.raises(ValueError, match="local_step: expected one of two_pass, one_pass, light, got 'fast'"):
+        ServeSettings(local_step="fast")
 
 
 def test_cli_serve_without_the_extra(monkeypatch, capsys):
