@@ -121,7 +121,7 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
                    help="refine again where the first pass changed the mask by an IoU below this (weak masks gain, "
                         "at twice the time on them; default: the weights' setting, off for the bundled file)")
     p.add_argument("--local-step", choices=LOCAL_STEPS, default=None,
-                   help="how full-resolution windows run: two_pass (the original), one_pass, or light (the fastest, "
+                   help="how full-resolution windows run: two_pass (the original) or light (faster on large photos, "
                         "at a quality cost: see the README; default: the weights' setting, two_pass for the bundled "
                         "file)")
 

@@ -17,5 +17,5 @@ ENCODER_INPUT_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, fl
 BACKENDS = ("torch", "openvino")  # Refiner(backend=)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # Refiner(precision=); int8 with backend="openvino" only
 # Refiner(local_step=) / RMConfig.local_step: how the local step runs a full-resolution window (two_pass: the
-# original; one_pass: pass 3 only; light: one pass without the guided output stage, the fastest)
-LOCAL_STEPS = ("two_pass", "one_pass", "light")
+# original; light: one cascade pass without the guided output stage, faster at a quality cost)
+LOCAL_STEPS = ("two_pass", "light")

@@ -177,8 +177,8 @@ class Refiner:
     ``quantization`` replaces the shipped NNCF settings of ``precision="int8"`` (its own cache entry).
     ``second_pass_iou`` replaces the weights' ``RMConfig.second_pass_iou``: refine again from the result where the
     first pass changed the mask by an IoU below it (better on weak masks, twice the time there; 0: one pass).
-    ``local_step`` replaces the weights' ``RMConfig.local_step``: ``"two_pass"`` (the original), ``"one_pass"`` or
-    ``"light"`` (about 1.9x faster at 2K with OpenVINO bf16, at a measured quality cost: README, docs/results.md).
+    ``local_step`` replaces the weights' ``RMConfig.local_step``: ``"two_pass"`` (the original) or ``"light"`` (one
+    pass per window without the guided stage: faster on large photos at a measured quality cost, README).
     """
 
     def __init__(self, device: str | torch.device | None = None, weights: WeightsArg = None, *,

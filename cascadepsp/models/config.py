@@ -60,9 +60,9 @@ class RMConfig(JsonConfig):
     # keeps one pass). 0 = one pass (the original).
     second_pass_iou: float = 0.0
     # How the local step runs a full-resolution window (LOCAL_STEPS): "two_pass" (the original: cascade passes 2
-    # and 3, each with its own encoder pass), "one_pass" (pass 3 only, the global step's OS4 result standing in
-    # for pass 2's OS8 and OS4 estimates) or "light" (one pass, and the network's own full-resolution output
-    # without the guided output stage: about half a window's time, at a measured quality cost).
+    # and 3, each with its own encoder pass) or "light" (pass 3 only, the global step's OS4 result standing in for
+    # pass 2's OS8 and OS4 estimates, and the network's own full-resolution output without the guided output
+    # stage: about half a window's time, at a quality cost measured on dev, docs/results.md).
     local_step: str = "two_pass"
 
     def __post_init__(self) -> None:

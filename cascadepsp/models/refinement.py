@@ -72,8 +72,8 @@ class RefinementModule(nn.Module):
     its pass was given (pass 1: ``seg``; later passes: the OS8 / OS4 estimates they take in), so the
     network only has to learn where to move the input, and an untrained one returns it.
 
-    A call with ``inter_s8`` is a local-step window; ``config.local_step`` decides how it runs (two passes, one,
-    or one without the guided output stage).
+    A call with ``inter_s8`` is a local-step window; ``config.local_step`` decides how it runs (passes 2 and 3,
+    or "light": pass 3 alone, without the guided output stage).
     """
 
     def __init__(self, config: RMConfig | str = "resnet50") -> None:
@@ -117,11 +117,10 @@ class RefinementModule(nn.Module):
         else:
             t8 = inter_s8
 
-        # Pass 2 (OS8 + OS4), skipped when an OS4 estimate is supplied, and for a local-step window (an OS8
-        # estimate supplied) when the config's local step runs one pass: that estimate then stands in for both.
-        window = inter_s8 is not None
-        one_pass = window and self.config.local_step != "two_pass"
-        if inter_s4 is None and one_pass:
+        # Pass 2 (OS8 + OS4), skipped when an OS4 estimate is supplied, and for a light local-step window (an
+        # OS8 estimate supplied, config.local_step "light"): that estimate then stands in for both.
+        light = inter_s8 is not None and self.config.local_step == "light"
+        if inter_s4 is None and light:
             inter_s4 = inter_s8
         if inter_s4 is None:
             p, _, f_os4 = self._trunk(x, seg, t8, t8)
@@ -140,7 +139,6 @@ class RefinementModule(nn.Module):
         out["out_56_2"] = head(_upsample(self.final_56(p), 4), t4)
         p = self.up_3(self.up_2(p, f_os2), x)
         logits_1 = head(self.final_21(F.relu(self.final_11(torch.cat([p, x], dim=1)))), t4)
-        light = window and self.config.local_step == "light"  # a light window keeps the network's own output
         out["out_224"] = logits_1 if self.guided is None or light else self.guided(logits_1, p, x)
         for key in ("out_28_3", "out_56_2", "out_224"):
             out["pred" + key[3:]] = torch.sigmoid(out[key])

@@ -335,7 +335,7 @@ def test_refiner_local_step_replaces_the_weights_setting(engine):
     other = Refiner(device="cpu", weights=model, engine="batched" if engine == "reference" else "reference",
                     local_step="light")
     assert np.abs(other.refine_probability(image, mask, L=96) - p1).max() <= 1 / 255
-    with pytest.raises(ValueError, match="local_step must be one of two_pass, one_pass, light, got 'fast'"):
+    with pytest.raises(ValueError, match="local_step must be one of two_pass, light, got 'fast'"):
         Refiner(device="cpu", weights=model, local_step="fast")
     with pytest.raises(ValueError, match="local_step: these weights carry no RMConfig"):
         Refiner(device="cpu", weights=torch.nn.Identity(), local_step="light")

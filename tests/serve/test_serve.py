@@ -481,7 +481,7 @@ def test_cli_serve_options(monkeypatch, capsys):
     assert "queue_size: expected an integer >= 0, got -1" in capsys.readouterr().err
     assert cli_main(["serve", "--second-pass-iou", "1.5"]) == 2
     assert "second_pass_iou: expected a value in [0, 1]" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="local_step: expected one of two_pass, one_pass, light, got 'fast'"):
+    with pytest.raises(ValueError, match="local_step: expected one of two_pass, light, got 'fast'"):
         ServeSettings(local_step="fast")
 
 
